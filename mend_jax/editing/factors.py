@@ -1,0 +1,71 @@
+"""Per-token gradient factors ``(u, delta)`` of the edited linear layers, from one ``jax.vjp`` — no hooks, and no
+gradient of any base weight is formed.
+
+Every edited layer computes ``y = x W + tap`` with ``tap = 0``; ``jax.vjp`` with respect to the taps only gives
+``delta = dL/dy`` for all edited layers in one backward pass, and the forward records ``u = x``. For a kernel stored
+``[in, out]``, ``dL/dW = sum_t u_t^T delta_t``. The forward starts from the hidden state entering the lowest edited
+block, so the backward pass never goes below it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mend_jax.editing.batch import TokenBatch
+from mend_jax.editing.losses import masked_nll
+from mend_jax.models import LinearHooks, family_for, layer_index
+
+
+@dataclasses.dataclass(frozen=True)
+class Factors:
+    """Per edited layer: ``u`` [B,T,in], ``delta`` [B,T,out] (float32) and the row mask [B,T] of tokens that
+    contribute (real tokens whose input and output-gradient are both non-zero, as MEND's row filter)."""
+    u: Mapping[str, jax.Array]
+    delta: Mapping[str, jax.Array]
+    mask: Mapping[str, jax.Array]
+
+    def gradient(self, name: str) -> jax.Array:
+        """``sum_t u_t^T delta_t`` = dL/dW for the ``[in, out]`` kernel of layer ``name``."""
+        m = self.mask[name][..., None]
+        return jnp.einsum("bti,bto->io", self.u[name] * m, self.delta[name])
+
+
+jax.tree_util.register_dataclass(Factors, data_fields=["u", "delta", "mask"], meta_fields=[])
+
+
+def edit_loss_fn(params, cfg, batch: TokenBatch, hooks: LinearHooks, first_layer: int = 0, hidden=None):
+    fam = family_for(cfg)
+    logits = fam.forward(params, cfg, batch.input_ids, batch.attention_mask, hooks=hooks,
+                         logits_at=batch.target_pos, first_layer=first_layer, hidden=hidden)
+    return masked_nll(logits, batch.target_ids, batch.target_mask)
+
+
+def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str]) -> tuple[jax.Array, Factors]:
+    """Edit loss (token-mean NLL of the targets) and the factors of ``layers``. Pure; jit it with ``cfg`` static."""
+    fam = family_for(cfg)
+    shapes = fam.linear_layers(cfg)
+    missing = [n for n in layers if n not in shapes]
+    if missing:
+        raise KeyError(f"not linear layers of this model: {missing}")
+    first = min(layer_index(n) for n in layers)
+    hidden = fam.hidden_before(params, cfg, batch.input_ids, batch.attention_mask, first)
+    hidden = jax.lax.stop_gradient(hidden)
+    b, t = batch.input_ids.shape
+    dtype = hidden.dtype
+    taps = {n: jnp.zeros((b, t, shapes[n][1]), dtype) for n in layers}
+
+    def f(taps):
+        hooks = LinearHooks(taps=taps)
+        loss = edit_loss_fn(params, cfg, batch, hooks, first_layer=first, hidden=hidden)
+        return loss, hooks.captured
+
+    loss, vjp_fn, u = jax.vjp(f, taps, has_aux=True)
+    (delta,) = vjp_fn(jnp.ones_like(loss))
+    u = {n: jax.lax.stop_gradient(u[n]).astype(jnp.float32) for n in layers}
+    delta = {n: jax.lax.stop_gradient(delta[n]).astype(jnp.float32) for n in layers}
+    real = batch.attention_mask > 0
+    mask = {n: (real & jnp.any(u[n] != 0, -1) & jnp.any(delta[n] != 0, -1)).astype(jnp.float32) for n in layers}
+    return loss, Factors(u, delta, mask)

@@ -1,0 +1,163 @@
+"""Gradient factors against jax.grad, the identity transformation as a gradient step, low-rank vs materialised."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import random_params, tiny_gpt2_config, tiny_llama_config
+from mend_jax.editing import (EditorSpec, TokenBatch, apply_edits, capture_factors, compute_edits, identity_editor,
+                              masked_nll)
+from mend_jax.models import LinearHooks, family_for, get_module, replace_module
+
+CONFIGS = {"llama": tiny_llama_config(), "gpt2": tiny_gpt2_config(), "llama_bias": tiny_llama_config(
+    qkv_bias=True, o_bias=True, tie_word_embeddings=True)}
+
+
+def make_batch(cfg, seed=0, b=3, t=10, k=3):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, cfg.vocab_size, (b, t)).astype(np.int32)
+    mask = np.ones((b, t), np.int32)
+    tpos = np.zeros((b, k), np.int32)
+    tids = np.zeros((b, k), np.int32)
+    tmask = np.zeros((b, k), np.float32)
+    for i in range(b):
+        length = t - i  # right padding grows with i
+        mask[i, length:] = 0
+        ids[i, length:] = 0
+        n = min(k, 1 + i)
+        p = length - n  # prompt length
+        tpos[i, :n] = np.arange(p - 1, p - 1 + n)
+        tids[i, :n] = ids[i, p:p + n]
+        tmask[i, :n] = 1
+    return TokenBatch(*(jnp.asarray(x) for x in (ids, mask, tpos, tids, tmask)))
+
+
+def edit_layers(cfg):
+    fam = family_for(cfg)
+    return fam.default_edit_layers(cfg, n_blocks=2)
+
+
+def loss_wrt_kernels(params, cfg, batch, layers):
+    fam = family_for(cfg)
+
+    def f(kernels):
+        p = params
+        for n in layers:
+            mod = dict(get_module(p, n))
+            mod["kernel"] = kernels[n]
+            p = replace_module(p, n, mod)
+        logits = fam.forward(p, cfg, batch.input_ids, batch.attention_mask, logits_at=batch.target_pos)
+        return masked_nll(logits, batch.target_ids, batch.target_mask)
+    return f, {n: get_module(params, n)["kernel"] for n in layers}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_factor_outer_products_equal_jax_grad(name):
+    cfg = CONFIGS[name]
+    params = random_params(cfg)
+    batch = make_batch(cfg)
+    layers = edit_layers(cfg)
+    loss, factors = jax.jit(capture_factors, static_argnums=(1, 3))(params, cfg, batch, layers)
+    f, kernels = loss_wrt_kernels(params, cfg, batch, layers)
+    ref_loss, grads = jax.value_and_grad(f)(kernels)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    for n in layers:
+        np.testing.assert_allclose(factors.gradient(n), grads[n], rtol=1e-4, atol=1e-6)
+        assert float(jnp.abs(grads[n]).max()) > 1e-4  # the test is not vacuous
+
+
+def test_masked_tokens_contribute_nothing():
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    batch = make_batch(cfg)
+    layers = edit_layers(cfg)
+    _, factors = capture_factors(params, cfg, batch, layers)
+    for n in layers:
+        m = np.asarray(factors.mask[n])
+        # padding rows are masked; positions after the last target have delta == 0 and are masked too
+        assert (m[np.asarray(batch.attention_mask) == 0] == 0).all()
+        # positions after the last scored one never reach the loss (causal): delta == 0 there, so masked
+        last = np.asarray(batch.target_pos).max(-1) + 1
+        for b in range(m.shape[0]):
+            assert (m[b, last[b]:] == 0).all()
+            assert m[b, : last[b]].sum() > 0
+    # changing what sits in the padding changes nothing
+    padded = batch.input_ids.at[2, -1].set(77)
+    _, f2 = capture_factors(params, cfg, TokenBatch(padded, batch.attention_mask, batch.target_pos,
+                                                     batch.target_ids, batch.target_mask), layers)
+    for n in layers:
+        np.testing.assert_allclose(f2.gradient(n), factors.gradient(n), rtol=1e-6, atol=1e-8)
+        mrow = np.asarray(f2.mask[n])[2, -1]
+        assert mrow == 0
+
+
+def test_last_layer_rows_without_labels_are_filtered():
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    batch = make_batch(cfg, b=1, t=10, k=1)
+    last = f"model.layers.{cfg.num_layers - 1}.mlp.down_proj"
+    _, factors = capture_factors(params, cfg, batch, (last,))
+    # in the last block, only the position whose logits are scored has a non-zero output gradient
+    assert int(np.asarray(factors.mask[last]).sum()) == 1
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_identity_transform_is_one_gradient_descent_step(name):
+    cfg = CONFIGS[name]
+    params = random_params(cfg)
+    batch = make_batch(cfg)
+    layers = edit_layers(cfg)
+    fam = family_for(cfg)
+    lr = 0.05
+    editor = identity_editor(EditorSpec.from_model(fam.linear_layers(cfg), layers), edit_lr=lr)
+    eparams, estate = editor.init(jax.random.key(0))
+    _, factors = capture_factors(params, cfg, batch, layers)
+    edited = apply_edits(params, compute_edits(editor, eparams, estate, factors))
+    f, kernels = loss_wrt_kernels(params, cfg, batch, layers)
+    grads = jax.grad(f)(kernels)
+    for n in layers:
+        np.testing.assert_allclose(get_module(edited, n)["kernel"], kernels[n] - lr * grads[n], rtol=1e-5, atol=1e-6)
+    # the original tree is untouched
+    for n in layers:
+        np.testing.assert_array_equal(get_module(params, n)["kernel"], kernels[n])
+    # and the step lowers the loss
+    new_loss = f({n: get_module(edited, n)["kernel"] for n in layers})
+    assert float(new_loss) < float(f(kernels))
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_low_rank_and_materialised_edits_agree(name):
+    cfg = CONFIGS[name]
+    params = random_params(cfg)
+    batch = make_batch(cfg)
+    layers = edit_layers(cfg)
+    fam = family_for(cfg)
+    editor = identity_editor(EditorSpec.from_model(fam.linear_layers(cfg), layers), edit_lr=0.5)
+    eparams, estate = editor.init(jax.random.key(0))
+    _, factors = capture_factors(params, cfg, batch, layers)
+    edits = compute_edits(editor, eparams, estate, factors)
+    probe = make_batch(cfg, seed=5)
+    dense = fam.forward(apply_edits(params, edits), cfg, probe.input_ids, probe.attention_mask)
+    low = fam.forward(params, cfg, probe.input_ids, probe.attention_mask, hooks=LinearHooks(edits=edits))
+    base = fam.forward(params, cfg, probe.input_ids, probe.attention_mask)
+    np.testing.assert_allclose(low, dense, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(dense - base).max()) > 1e-2  # the edit does change the outputs
+
+
+def test_k_edits_at_once_sum_their_updates():
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    layers = edit_layers(cfg)
+    fam = family_for(cfg)
+    editor = identity_editor(EditorSpec.from_model(fam.linear_layers(cfg), layers), edit_lr=0.1)
+    eparams, estate = editor.init(jax.random.key(0))
+    b1, b2 = make_batch(cfg, seed=1, b=2), make_batch(cfg, seed=2, b=2)
+    both = jax.tree.map(lambda x, y: jnp.stack([x, y]), b1, b2)
+    f_both = jax.vmap(lambda b: capture_factors(params, cfg, b, layers)[1])(both)
+    e_both = compute_edits(editor, eparams, estate, f_both)
+    e1 = compute_edits(editor, eparams, estate, capture_factors(params, cfg, b1, layers)[1])
+    e2 = compute_edits(editor, eparams, estate, capture_factors(params, cfg, b2, layers)[1])
+    for n in layers:
+        np.testing.assert_allclose(e_both[n].dense(), e1[n].dense() + e2[n].dense(), rtol=1e-5, atol=1e-7)
