@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_COMMANDS: list = []
+def _register_train(sub):
+    from mend_jax.training.cli import register
+    register(sub)
+
+
+_EXTRA_COMMANDS: list = [_register_train]
 
 
 def main(argv: list[str] | None = None) -> int:

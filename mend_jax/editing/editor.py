@@ -152,12 +152,20 @@ def init_mlp(key, dim: int, cfg: EditorConfig, n_modes: int) -> list:
     return [_init_lr_linear(k, dim, cfg.rank, n_modes, cfg.init) for k in keys]
 
 
+def clamp_min0(x: jax.Array) -> jax.Array:
+    """ReLU whose derivative at 0 is 1, like ``torch.clamp(min=0)`` in the original.
+
+    This matters: at identity init every pre-activation is exactly 0 (U = 0, b = 0), and ``jax.nn.relu``'s
+    derivative there is 0, which would leave the editor with a zero gradient forever."""
+    return jnp.where(x >= 0, x, jnp.zeros_like(x))
+
+
 def apply_mlp(layers: Sequence[Mapping], x: jax.Array, mode: int, residual: bool) -> jax.Array:
     """``x`` [R, D] -> [R, D]: each layer is ``x + relu(scale[mode] * (x V U + b) + shift[mode])``."""
     for p in layers:
         pre = (x @ p["down"]) @ p["up"] + p["bias"]
         pre = pre * p["mode_scale"][mode] + p["mode_shift"][mode]
-        x = x + jax.nn.relu(pre) if residual else jax.nn.relu(pre)
+        x = x + clamp_min0(pre) if residual else clamp_min0(pre)
     return x
 
 

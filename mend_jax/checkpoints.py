@@ -1,0 +1,158 @@
+"""Editor checkpoints with Orbax, kept apart from the base weights (which are never written).
+
+A checkpoint step holds composite items:
+- ``params``   editor nets + per-layer step sizes        (``StandardSave``: structure-strict restore)
+- ``stats``    running normalisation statistics (count > 0 marks them initialised)
+- ``opt_state`` optax state
+- ``meta``     JSON: step, full training configuration, editor layout, base-model fingerprint, metrics
+
+Orbax writes each step to a temporary folder and renames it when finalized, so a run killed mid-save (even by
+SIGKILL) never leaves a step that restores half-written; ``latest_step()`` only sees finalized steps.
+Restoring checks the base-model fingerprint first and names the field that differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from mend_jax.errors import CheckpointError
+from mend_jax.models import get_module
+
+
+def model_fingerprint(model, layers) -> dict:
+    """What an editor depends on: base model identity, architecture, edited layers/shapes, edited weights' hash."""
+    fam = model.family
+    shapes = fam.linear_layers(model.config)
+    h = hashlib.sha256()
+    for n in layers:
+        k = np.asarray(jax.device_get(get_module(model.params, n)["kernel"]), np.float32)
+        h.update(n.encode())
+        h.update(np.ascontiguousarray(k).tobytes())
+    return {"model_name": model.name, "architecture": model.config.to_hf(),
+            "edited_layers": list(layers), "edited_shapes": [list(shapes[n]) for n in layers],
+            "edited_weights_sha256": h.hexdigest()}
+
+
+def check_fingerprint(saved: Mapping, current: Mapping, where: str) -> None:
+    for key in ("architecture", "edited_layers", "edited_shapes", "edited_weights_sha256", "model_name"):
+        if saved.get(key) != current.get(key):
+            if key == "model_name" and saved.get("edited_weights_sha256") == current.get("edited_weights_sha256"):
+                continue  # same weights under another name (e.g. a local folder vs the registry name)
+            raise CheckpointError(
+                f"the editor in {where} was trained for another base model: fingerprint field {key!r} differs "
+                f"(checkpoint: {str(saved.get(key))[:120]}; this model: {str(current.get(key))[:120]}). "
+                f"Use the base model the editor was trained on, or train a new editor")
+
+
+class EditorCheckpoints:
+    """Latest-N and best-by-dev editor checkpoints under ``directory/{latest,best}``."""
+
+    def __init__(self, directory: str | Path, keep_latest: int = 2, async_save: bool = True):
+        import orbax.checkpoint as ocp
+        self.ocp = ocp
+        self.directory = Path(directory).resolve()
+        opts = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, enable_async_checkpointing=async_save,  # noqa
+                                                       create=True)
+        names = ("params", "stats", "opt_state", "meta")
+        self.latest = ocp.CheckpointManager(self.directory / "latest", options=opts(keep_latest), item_names=names)
+        self.best = ocp.CheckpointManager(self.directory / "best", options=opts(1), item_names=names)
+
+    def _args(self, train_state: Mapping, meta: Mapping, save: bool):
+        A = self.ocp.args
+        kind = A.StandardSave if save else A.StandardRestore
+        return A.Composite(params=kind(train_state["params"]), stats=kind(train_state["stats"]),
+                           opt_state=kind(train_state["opt_state"]),
+                           meta=A.JsonSave(dict(meta)) if save else A.JsonRestore())
+
+    def save(self, step: int, train_state: Mapping, meta: Mapping, best: bool = False) -> None:
+        self.latest.save(step, args=self._args(train_state, meta, True))
+        if best:
+            self.best.wait_until_finished()
+            self.best.save(step, args=self._args(train_state, meta, True), force=True)
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore(self, abstract_state: Mapping, step: int | None = None, which: str = "latest"):
+        mgr = self.latest if which == "latest" else self.best
+        step = mgr.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no finalized checkpoint in {self.directory / which}")
+        abstract = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, dict(abstract_state))
+        try:
+            r = mgr.restore(step, args=self._args(abstract, {}, False))
+        except FileNotFoundError as e:
+            raise CheckpointError(f"checkpoint step {step} not found in {self.directory / which}") from e
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint in {self.directory / which} (step {step}) does not match this "
+                                  f"editor's structure ({str(e)[:300]})") from e
+        state = {"params": r.params, "stats": r.stats, "opt_state": r.opt_state,
+                 "step": np.asarray(step, np.int32)}
+        return state, dict(r.meta)
+
+    def close(self) -> None:
+        self.wait()
+        self.latest.close()
+        self.best.close()
+
+
+def read_meta(directory: str | Path, which: str = "best") -> tuple[int, dict]:
+    """(step, meta) of the newest finalized checkpoint in ``directory/which`` without restoring arrays."""
+    root = Path(directory) / which
+    if not root.is_dir():
+        raise CheckpointError(f"{directory} is not an editor checkpoint folder (no {which}/ inside); pass the "
+                              f"--out folder of `mend-jax train`")
+    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "meta").exists())
+    if not steps:
+        raise CheckpointError(f"no finalized checkpoint in {root}")
+    step = steps[-1]
+    mfile = next((p for p in (root / str(step) / "meta").iterdir() if p.suffix == ".json" or p.is_file()), None)
+    try:
+        return step, json.loads(Path(mfile).read_text())
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint metadata in {root / str(step)} is unreadable ({e})") from e
+
+
+def load_editor(directory: str | Path, model, which: str = "best"):
+    """Rebuild a trained editor for ``model`` from a ``mend-jax train --out`` folder.
+
+    Returns ``(editor, params, stats, meta)``. Refuses an editor trained for another base model."""
+    from mend_jax.editing.editor import EditorConfig, EditorSpec, mend_editor
+    from mend_jax.training.config import TrainConfig
+    from mend_jax.training.step import init_train_state, make_optimizer
+    directory = Path(directory)
+    ckdir = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
+    if not (ckdir / which).is_dir():
+        raise CheckpointError(f"{directory} is not an editor folder (expected {ckdir / which}); pass the --out "
+                              f"folder of `mend-jax train`")
+    _, meta = read_meta(ckdir, which)
+    for key in ("editor_layers", "editor_config", "fingerprint", "config"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint metadata in {ckdir / which} lacks {key!r}: not a mend-jax editor")
+    layers = tuple(meta["editor_layers"])
+    fam = model.family
+    shapes = fam.linear_layers(model.config)
+    if any(n not in shapes for n in layers):
+        raise CheckpointError(f"the editor edits layers {list(layers)} which this model does not have; it was "
+                              f"trained for {meta['fingerprint'].get('model_name')!r}")
+    check_fingerprint(meta["fingerprint"], model_fingerprint(model, layers), str(directory))
+    ecfg = EditorConfig(**meta["editor_config"])
+    editor = mend_editor(EditorSpec.from_model(shapes, layers, shared=ecfg.shared), ecfg)
+    tcfg = TrainConfig.from_json(meta["config"])
+    tx = make_optimizer(tcfg.lr, tcfg.lr_lr, tcfg.grad_clip)
+    abstract = jax.eval_shape(lambda: init_train_state(editor, tx, jax.random.key(0)))
+    ck = EditorCheckpoints(ckdir, async_save=False)
+    try:
+        ts, meta = ck.restore(abstract, which=which)
+    finally:
+        ck.close()
+    return editor, ts["params"], ts["stats"], meta

@@ -1,0 +1,128 @@
+"""Meta-examples from edit records, on fixed shapes, in an order fully determined by ``(seed, step)``.
+
+Each problem is (edit: prompt -> new target, equivalence: a rephrase -> new target, locality: an unrelated prompt
+-> its true answer). During training the locality example is another training record's question, as in MEND's
+original zsRE setup; in validation/evaluation it is the record's own held-out locality prompt (NQ for zsRE).
+Rephrases and locality partners are drawn from a generator seeded by ``(seed, example index)``, so a resumed run
+sees exactly the examples an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+from mend_jax.data import EditRecord, sample_training_loc
+from mend_jax.editing.batch import TokenBatch, encode_examples, stack_batches, tokenize_pair
+from mend_jax.errors import InputTooLongError, InvalidEditError
+from mend_jax.training.step import MetaBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    seq_len: int = 32
+    target_len: int = 8
+    loc_len: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    prompt: str
+    target: str
+    equiv_prompt: str
+    loc_prompt: str
+    loc_answer: str
+
+
+def problem_for(records: Sequence[EditRecord], i: int, rng: np.random.Generator, train: bool) -> Problem:
+    r = records[i]
+    equiv = r.rephrase(rng)
+    if train:
+        loc_prompt, loc_answer = sample_training_loc(records, i, rng)
+    else:
+        loc_prompt, loc_answer = r.loc_prompt, r.loc_answer
+    return Problem(r.prompt, r.target, equiv, loc_prompt, loc_answer)
+
+
+def fits(tokenizer, p: Problem, shapes: Shapes) -> bool:
+    try:
+        a, t = tokenize_pair(tokenizer, p.prompt, p.target)
+        b, _ = tokenize_pair(tokenizer, p.equiv_prompt, p.target)
+        c, lt = tokenize_pair(tokenizer, p.loc_prompt, p.loc_answer)
+    except (InvalidEditError, InputTooLongError):
+        return False
+    return (len(a) + len(t) <= shapes.seq_len and len(b) + len(t) <= shapes.seq_len and len(t) <= shapes.target_len
+            and len(c) + len(lt) <= shapes.loc_len and len(lt) <= shapes.target_len)
+
+
+def filter_records(tokenizer, records: Sequence[EditRecord], shapes: Shapes, train: bool) -> list[EditRecord]:
+    """Records whose edit and every rephrase fit the fixed shapes, and whose locality example fits too: for
+    ``train``, the (question, true answer) pair other problems borrow from this record (see
+    ``sample_training_loc``); otherwise the record's own locality prompt. Others are dropped, counted."""
+    from mend_jax.data.loaders import _training_loc_pair
+    kept = []
+    for r in records:
+        loc = _training_loc_pair(r) if train else (r.loc_prompt, r.loc_answer)
+        ok = all(fits(tokenizer, Problem(r.prompt, r.target, e, loc[0], loc[1]), shapes)
+                 for e in (r.rephrases or (r.prompt,)))
+        if ok:
+            kept.append(r)
+    if len(kept) < len(records):
+        warnings.warn(f"{len(records) - len(kept)} of {len(records)} records do not fit the shapes {shapes} "
+                      f"and are left out", stacklevel=2)
+    return kept
+
+
+def encode_problems(tokenizer, problems: Sequence[Problem], shapes: Shapes, max_length: int) -> MetaBatch:
+    """N problems -> MetaBatch with fields [N, 1, ...]."""
+    def one(prompts, targets, seq):
+        return encode_examples(tokenizer, prompts, targets, max_length=max_length, seq_len=seq,
+                               target_len=shapes.target_len)
+    edit = stack_batches([one([p.prompt], [p.target], shapes.seq_len) for p in problems])
+    equiv = stack_batches([one([p.equiv_prompt], [p.target], shapes.seq_len) for p in problems])
+    loc = stack_batches([one([p.loc_prompt], [p.loc_answer], shapes.loc_len) for p in problems])
+    return MetaBatch(edit, equiv, loc)
+
+
+class DataOrder:
+    """Example ``g`` of the run is record ``perm_epoch[g % n]`` with ``perm_epoch`` a permutation seeded by
+    ``(seed, epoch)``; its generator is seeded by ``(seed, g)``."""
+
+    def __init__(self, n_records: int, seed: int):
+        if n_records < 2:
+            raise InvalidEditError("training needs at least 2 records")
+        self.n = n_records
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def record(self, g: int) -> int:
+        epoch = g // self.n
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, 7, epoch]).permutation(self.n)}
+        return int(self._perms[epoch][g % self.n])
+
+    def rng(self, g: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, 11, g])
+
+
+def training_batch(tokenizer, records, order: DataOrder, step: int, n: int, shapes: Shapes,
+                   max_length: int) -> MetaBatch:
+    problems = [problem_for(records, order.record(g), order.rng(g), train=True)
+                for g in range(step * n, step * n + n)]
+    return encode_problems(tokenizer, problems, shapes, max_length)
+
+
+def validation_batches(tokenizer, records, n: int, shapes: Shapes, max_length: int, seed: int):
+    """Fixed validation problems (the same every time), in batches of ``n`` (last one padded by repetition)."""
+    problems = [problem_for(records, i, np.random.default_rng([seed, 13, i]), train=False)
+                for i in range(len(records))]
+    out = []
+    for s in range(0, len(problems), n):
+        chunk = problems[s:s + n]
+        weight = np.zeros(n, np.float32)
+        weight[: len(chunk)] = 1
+        chunk = chunk + [chunk[-1]] * (n - len(chunk))
+        out.append((encode_problems(tokenizer, chunk, shapes, max_length), weight))
+    return out

@@ -1,0 +1,63 @@
+"""``mend-jax train``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from mend_jax.training.config import TrainConfig
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def register(sub) -> None:
+    d = TrainConfig()
+    p = sub.add_parser("train", help="meta-train a MEND editor (resumes from --out if it holds a checkpoint)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--data", default=",".join(d.data),
+                   help="comma-separated kinds (zsre, counterfact, demo), one per --train-file")
+    p.add_argument("--train-file", default=None,
+                   help="comma-separated local JSON files or hub ids, one per --data kind (demo: leave out)")
+    p.add_argument("--train-records", default=None, help="A:B slice of each train file")
+    p.add_argument("--dev-data", default=None, help="kind of the dev file (default: the first --data kind)")
+    p.add_argument("--dev-file", default=None)
+    p.add_argument("--dev-records", default=None, help="A:B slice of the dev file (demo default: 100:)")
+    p.add_argument("--out", default=d.out)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("model", "data", "train_files", "train_records", "dev_data", "dev_file", "dev_records", "out"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "repeats":
+            p.add_argument(flag, type=lambda s: tuple(int(x) for x in s.split(",")), default=f.default,
+                           help="per train file, how often its records enter the data order, e.g. 5,1")
+        elif f.type in ("bool", bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
+        elif f.name == "max_minutes":
+            p.add_argument(flag, type=float, default=None)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
+    p.set_defaults(func=run)
+
+
+def config_from_args(args) -> TrainConfig:
+    kinds = _csv(args.data)
+    files = _csv(args.train_file) if args.train_file else (None,) * len(kinds)
+    if len(files) != len(kinds):
+        from mend_jax.errors import MendJaxError
+        raise MendJaxError(f"--data names {len(kinds)} kinds but --train-file gives {len(files)} files")
+    dev_data = args.dev_data or kinds[0]
+    dev_records = args.dev_records or ("100:" if dev_data == "demo" else None)
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    kw.update(data=kinds, train_files=tuple(files), dev_data=dev_data, dev_records=dev_records,
+              train_records=args.train_records or ("0:100" if kinds == ("demo",) else None))
+    return TrainConfig(**kw)
+
+
+def run(args) -> int:
+    from mend_jax.training.loop import train
+    summary = train(config_from_args(args))
+    print(json.dumps(summary))
+    return 0

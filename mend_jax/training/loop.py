@@ -1,0 +1,170 @@
+"""``train(config)``: meta-train an editor with validation, early stopping, Orbax checkpoints, a JSONL log and a
+progress bar. Restarting with the same configuration resumes from the last finalized checkpoint and (on the same
+machine) ends bitwise-identical to an uninterrupted run: the data order and all randomness derive from
+``(seed, step)``, and the train state (editor, statistics, optimizer) is checkpointed whole."""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mend_jax.checkpoints import EditorCheckpoints, check_fingerprint, model_fingerprint
+from mend_jax.data import load_records
+from mend_jax.editing.editor import EditorConfig, EditorSpec, mend_editor
+from mend_jax.errors import CheckpointError, MendJaxError
+from mend_jax.training.batches import DataOrder, Shapes, filter_records, training_batch, validation_batches
+from mend_jax.training.config import TrainConfig
+from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
+
+VAL_KEY = "loss"  # early stopping on c_edit * L_edit + c_loc * L_loc on dev (MEND's loss/total_edit_val)
+
+
+def build_editor(model, cfg: TrainConfig):
+    fam = model.family
+    layers = fam.default_edit_layers(model.config, cfg.edit_blocks)
+    spec = EditorSpec.from_model(fam.linear_layers(model.config), layers, shared=cfg.shared)
+    ecfg = EditorConfig(rank=cfg.rank, n_hidden=cfg.n_hidden, combine=cfg.combine, shared=cfg.shared,
+                        edit_lr_init=cfg.edit_lr_init)
+    return mend_editor(spec, ecfg), ecfg
+
+
+def load_training_data(tokenizer, cfg: TrainConfig, shapes: Shapes):
+    records = []
+    repeats = tuple(cfg.repeats) + (1,) * (len(cfg.data) - len(cfg.repeats))
+    for kind, f, rep in zip(cfg.data, cfg.train_files, repeats):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recs = load_records(kind, f, records=cfg.train_records)
+            records += filter_records(tokenizer, list(recs), shapes, train=True) * int(rep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dev = load_records(cfg.dev_data, cfg.dev_file, records=cfg.dev_records)
+        dev = filter_records(tokenizer, list(dev), shapes, train=False)
+    if not records:
+        raise MendJaxError("no training records fit the shapes; raise --seq-len")
+    return records, dev[: cfg.val_size]
+
+
+def _log(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows past a resumed step (they were never checkpointed)."""
+    if not path.is_file():
+        return
+    rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def validate(eval_step, ts, base_params, val_batches) -> dict:
+    sums: dict[str, float] = {}
+    total = 0.0
+    for batch, weight in val_batches:
+        per = jax.device_get(eval_step(ts["params"], ts["stats"], base_params, batch))
+        for k, v in per.items():
+            sums[k] = sums.get(k, 0.0) + float((np.asarray(v) * weight).sum())
+        total += float(weight.sum())
+    return {f"val/{k}": v / total for k, v in sums.items()}
+
+
+def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
+    from tqdm import tqdm
+    from mend_jax.weights import load_model
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "train_config.json"
+    if cfg_path.is_file():
+        saved = TrainConfig.from_json(json.loads(cfg_path.read_text()))
+        same = {k: v for k, v in saved.to_json().items() if k not in ("steps", "max_minutes", "patience")}
+        now = {k: v for k, v in cfg.to_json().items() if k not in ("steps", "max_minutes", "patience")}
+        if same != now:
+            diff = [k for k in now if now[k] != same.get(k)]
+            raise CheckpointError(f"{out} holds a run with another configuration (differs in {diff}); "
+                                  f"use another --out or the same options")
+    cfg.save(cfg_path)
+
+    model = model or load_model(cfg.model, progress=progress)
+    shapes = Shapes(cfg.seq_len, cfg.target_len, cfg.loc_len)
+    editor, ecfg = build_editor(model, cfg)
+    records, dev = load_training_data(model.tokenizer, cfg, shapes)
+    order = DataOrder(len(records), cfg.seed)
+    tx = make_optimizer(cfg.lr, cfg.lr_lr, cfg.grad_clip)
+    hp = StepHParams(cfg.c_edit, cfg.c_loc)
+    step_fn = make_train_step(editor, model.config, tx, hp)
+    eval_fn = make_eval_step(editor, model.config, hp)
+    fingerprint = model_fingerprint(model, editor.spec.layers)
+    ckpt = EditorCheckpoints(out / "checkpoints")
+    log_path = out / "log.jsonl"
+
+    ts = init_train_state(editor, tx, jax.random.key(cfg.seed))
+    best = math.inf
+    since_best = 0
+    if ckpt.latest_step() is not None:
+        ts, meta = ckpt.restore(ts)
+        check_fingerprint(meta["fingerprint"], fingerprint, str(out))
+        ts["step"] = jnp.asarray(ts["step"], jnp.int32)
+        best, since_best = meta.get("best", math.inf), meta.get("since_best", 0)
+        _truncate_log(log_path, int(ts["step"]))
+        print(f"resumed from step {int(ts['step'])} in {out}")
+    start = int(ts["step"])
+
+    def meta_dict(step, val=None):
+        return {"step": step, "config": cfg.to_json(), "editor_config": ecfg.__dict__,
+                "editor_layers": list(editor.spec.layers), "fingerprint": fingerprint, "best": best,
+                "since_best": since_best, "val": val or {}, "n_train_records": len(records)}
+
+    vbatches = validation_batches(model.tokenizer, dev, cfg.edits_per_step, shapes, model.config.max_position_embeddings,
+                                  cfg.seed)
+    t0 = time.time()
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="meta-training", unit="step")
+    step = start
+    last_saved = start
+    stopped = "steps"
+    while step < cfg.steps:
+        batch = training_batch(model.tokenizer, records, order, step, cfg.edits_per_step, shapes,
+                               model.config.max_position_embeddings)
+        ts, metrics = step_fn(ts, model.params, batch)
+        step += 1
+        bar.update(1)
+        row = {"step": step, "time": time.time() - t0, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+        is_val = step % cfg.val_every == 0 or step == cfg.steps
+        if is_val:
+            val = validate(eval_fn, ts, model.params, vbatches)
+            row.update(val)
+            improved = val[f"val/{VAL_KEY}"] < best
+            if improved:
+                best, since_best = val[f"val/{VAL_KEY}"], 0
+            else:
+                since_best += cfg.val_every
+            ckpt.save(step, ts, meta_dict(step, val), best=improved)
+            last_saved = step
+            bar.set_postfix(val_loss=f"{val['val/loss']:.3f}", val_acc=f"{val['val/edit_acc']:.3f}",
+                            val_loc=f"{val['val/loc_same']:.3f}")
+            if since_best >= cfg.patience:
+                stopped = "early stop"
+        elif step % cfg.ckpt_every == 0:
+            ckpt.save(step, ts, meta_dict(step))
+            last_saved = step
+        _log(log_path, row)
+        if stopped != "steps":
+            break
+        if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes:
+            stopped = "time limit"
+            if last_saved != step:
+                ckpt.save(step, ts, meta_dict(step))
+            break
+    bar.close()
+    ckpt.close()
+    summary = {"steps": step, "stopped": stopped, "best_val_loss": best, "minutes": (time.time() - t0) / 60,
+               "n_train_records": len(records), "out": str(out)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,149 @@
+"""One meta-training step as a single ``jax.jit``-ted pure function over fixed shapes.
+
+For N independent edit problems (stacked on a leading axis), each with an edit example, an equivalence example and
+a locality example:
+
+1. factors ``(u, delta)`` of the edit example (first order: no gradient flows through them, as in MEND);
+2. the editor's running statistics absorb the new rows *before* they are used (MEND's order, training only);
+3. ``L = c_edit * NLL(target | equivalence input, edited model) + c_loc * KL(p_pre || p_post)`` on the locality
+   input, averaged over the N problems; gradients with respect to the editor nets and step sizes only;
+4. optax update (global-norm clipping, Adam with separate learning rates for nets and step sizes, skipped when
+   non-finite).
+
+The blocks below the lowest edited layer do not depend on the edit: their hidden states are computed once per
+input (no gradient) and reused by the pre- and post-edit passes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mend_jax.editing.batch import TokenBatch
+from mend_jax.editing.edit import compute_edits
+from mend_jax.editing.editor import Editor
+from mend_jax.editing.factors import capture_factors
+from mend_jax.editing.losses import kl_pre_post, masked_nll, token_accuracy
+from mend_jax.models import LinearHooks, family_for, layer_index
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaBatch:
+    """Leading axis N (independent edit problems); each field is a TokenBatch of shape [N, B, ...]."""
+    edit: TokenBatch
+    equiv: TokenBatch
+    loc: TokenBatch
+
+
+jax.tree_util.register_dataclass(MetaBatch, data_fields=["edit", "equiv", "loc"], meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
+class StepHParams:
+    c_edit: float = 0.1
+    c_loc: float = 1.0
+    update_stats: bool = True
+
+
+def make_optimizer(lr: float, lr_lr: float, grad_clip: float, max_consecutive_nonfinite: int = 100):
+    """Adam for the editor nets (``lr``) and, separately, for the step sizes (``lr_lr``); one joint global-norm
+    clip; updates with a non-finite gradient are skipped (``optax.apply_if_finite``)."""
+    labels = lambda params: {"nets": jax.tree.map(lambda _: "nets", params["nets"]), "edit_lrs": "edit_lrs"}  # noqa
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip),
+                     optax.multi_transform({"nets": optax.adam(lr), "edit_lrs": optax.adam(lr_lr)}, labels))
+    return optax.apply_if_finite(tx, max_consecutive_nonfinite)
+
+
+def init_train_state(editor: Editor, tx, key) -> dict:
+    params, state = editor.init(key)
+    return {"params": params, "stats": state, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def _flat_rows(factors, name):
+    u, d, m = factors.u[name], factors.delta[name], factors.mask[name]
+    return u.reshape(-1, u.shape[-1]), d.reshape(-1, d.shape[-1]), m.reshape(-1)
+
+
+def edit_problem_losses(editor: Editor, cfg, base_params, eparams, stats, factors, equiv: TokenBatch, h_equiv,
+                        loc: TokenBatch, h_loc, pre_loc_logits, first_layer: int):
+    """Losses and metrics of one edit problem (no leading N axis)."""
+    fam = family_for(cfg)
+    edits = compute_edits(editor, eparams, stats, factors)
+    hooks = LinearHooks(edits=edits)
+    post_equiv = fam.forward(base_params, cfg, equiv.input_ids, equiv.attention_mask, hooks=hooks,
+                             logits_at=equiv.target_pos, first_layer=first_layer, hidden=h_equiv)
+    l_edit = masked_nll(post_equiv, equiv.target_ids, equiv.target_mask)
+    post_loc = fam.forward(base_params, cfg, loc.input_ids, loc.attention_mask, hooks=LinearHooks(edits=edits),
+                           first_layer=first_layer, hidden=h_loc)
+    l_loc = kl_pre_post(pre_loc_logits, post_loc, loc.attention_mask.astype(jnp.float32))
+    tok_acc, exact = token_accuracy(post_equiv, equiv.target_ids, equiv.target_mask)
+    loc_same = (jnp.argmax(post_loc, -1) == jnp.argmax(pre_loc_logits, -1)).astype(jnp.float32)
+    loc_same = (loc_same * loc.attention_mask).sum() / jnp.maximum(loc.attention_mask.sum(), 1)
+    return l_edit, l_loc, {"edit_acc": tok_acc.mean(), "edit_exact": exact.mean(), "loc_same": loc_same}
+
+
+def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, stats, batch: MetaBatch,
+                 update_stats: bool):
+    """Shared by the training step and validation: returns (new_stats, loss_fn(eparams) -> (loss, metrics))."""
+    fam = family_for(cfg)
+    layers = editor.spec.layers
+    first = min(layer_index(n) for n in layers)
+
+    pre_loss, factors = jax.vmap(lambda b: capture_factors(base_params, cfg, b, layers))(batch.edit)
+    if update_stats and editor.norm:
+        rows = {n: _flat_rows(factors, n) for n in layers}
+        stats = editor.update_state(stats, {n: r[0] for n, r in rows.items()}, {n: r[1] for n, r in rows.items()},
+                                    {n: r[2] for n, r in rows.items()})
+
+    def hidden(tb):
+        return jax.vmap(lambda b: fam.hidden_before(base_params, cfg, b.input_ids, b.attention_mask, first))(tb)
+
+    h_equiv = jax.lax.stop_gradient(hidden(batch.equiv))
+    h_loc = jax.lax.stop_gradient(hidden(batch.loc))
+    pre_loc = jax.vmap(lambda b, h: fam.forward(base_params, cfg, b.input_ids, b.attention_mask, first_layer=first,
+                                                hidden=h))(batch.loc, h_loc)
+    pre_loc = jax.lax.stop_gradient(pre_loc)
+
+    def loss_fn(ep):
+        l_edit, l_loc, m = jax.vmap(
+            lambda f, eq, he, lo, hl, pl: edit_problem_losses(editor, cfg, base_params, ep, stats, f, eq, he, lo, hl,
+                                                              pl, first)
+        )(factors, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc)
+        per = {"loss": hp.c_edit * l_edit + hp.c_loc * l_loc, "loss/edit": l_edit, "loss/loc": l_loc,
+               "loss/pre_edit": pre_loss, **m}
+        metrics = {k: v.mean() for k, v in per.items()}
+        return metrics["loss"], (metrics, per)
+
+    return stats, loss_fn
+
+
+def make_train_step(editor: Editor, cfg, tx, hp: StepHParams = StepHParams(), donate: bool = True):
+    """``step(train_state, base_params, batch) -> (train_state, metrics)``, jitted; ``train_state`` is donated."""
+
+    def step(ts: dict, base_params: Any, batch: MetaBatch):
+        stats, loss_fn = meta_forward(editor, cfg, hp, base_params, ts["params"], ts["stats"], batch,
+                                      hp.update_stats)
+        (loss, (metrics, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts["params"])
+        updates, opt_state = tx.update(grads, ts["opt_state"], ts["params"])
+        params = optax.apply_updates(ts["params"], updates)
+        metrics = dict(metrics)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["finite"] = jnp.isfinite(metrics["grad_norm"]).astype(jnp.float32)
+        metrics["edit_lr_mean"] = params["edit_lrs"].mean()
+        return {"params": params, "stats": stats, "opt_state": opt_state, "step": ts["step"] + 1}, metrics
+
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(editor: Editor, cfg, hp: StepHParams = StepHParams()):
+    """Per-problem validation losses/metrics [N] of a MetaBatch with frozen statistics (eval mode). Jitted."""
+
+    def evaluate(eparams, stats, base_params, batch: MetaBatch):
+        _, loss_fn = meta_forward(editor, cfg, hp, base_params, eparams, stats, batch, update_stats=False)
+        return loss_fn(eparams)[1][1]
+
+    return jax.jit(evaluate)
