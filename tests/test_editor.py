@@ -81,8 +81,8 @@ def test_the_editor_has_a_gradient_at_identity_init():
     g = jax.grad(loss)(params["nets"])
     up_grad = g["6x10"]["joint"][0]["up"]
     assert float(jnp.abs(up_grad).max()) > 0
-    assert float(jnp.abs(g["6x10"]["joint"][0]["mode_scale"][1]).max()) > 0  # its own mode only ...
-    assert float(jnp.abs(g["6x10"]["joint"][0]["mode_scale"][0]).max()) == 0  # ... not the other layer's
+    assert float(jnp.abs(g["6x10"]["joint"][0]["mode_shift"][1]).max()) > 0  # its own mode only ...
+    assert float(jnp.abs(g["6x10"]["joint"][0]["mode_shift"][0]).max()) == 0  # ... not the other layer's
 
 
 def test_config_errors_name_the_problem():
