@@ -70,7 +70,12 @@ def _register_train(sub):
     register(sub)
 
 
-_EXTRA_COMMANDS: list = [_register_train]
+def _register_editing(sub):
+    from mend_jax.commands import register
+    register(sub)
+
+
+_EXTRA_COMMANDS: list = [_register_train, _register_editing]
 
 
 def main(argv: list[str] | None = None) -> int:

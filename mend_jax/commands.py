@@ -1,0 +1,130 @@
+"""CLI glue for ``eval``, ``edit`` and ``demo`` (the algorithms live elsewhere)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from mend_jax.errors import MendJaxError
+
+
+def register(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a trained editor (and the unedited model and fine-tuning) on records")
+    e.add_argument("--editor", required=True, help="--out folder of `mend-jax train`")
+    e.add_argument("--model", default=None, help="base model (default: the one the editor was trained on)")
+    e.add_argument("--data", required=True, help="zsre | counterfact | demo")
+    e.add_argument("--file", default=None, help="local JSON file or hub id (demo: leave out)")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--records", default=None, help="A:B positions in the file")
+    g.add_argument("--indices", default=None, help="JSON file with a list of record positions")
+    e.add_argument("--edits-at-once", type=int, default=1)
+    e.add_argument("--finetune-lr", type=float, default=3e-4, help="fine-tuning baseline learning rate")
+    e.add_argument("--finetune-steps", type=int, default=5)
+    e.add_argument("--no-finetune", action="store_true")
+    e.add_argument("--which", default="best", choices=["best", "latest"])
+    e.add_argument("--json", required=True, help="where to write the results")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("edit", help="apply one edit with a trained editor and show answers before/after")
+    d.add_argument("--editor", required=True)
+    d.add_argument("--model", default=None)
+    d.add_argument("--prompt", required=True)
+    d.add_argument("--target", required=True)
+    d.add_argument("--rephrase", default=None, help="a paraphrase of the prompt to check generality")
+    d.add_argument("--unrelated", default="The capital of France is", help="an unrelated prompt (locality)")
+    d.add_argument("--max-new-tokens", type=int, default=8)
+    d.add_argument("--journal", default=None, help="append the edit to this journal folder")
+    d.set_defaults(func=cmd_edit)
+
+    m = sub.add_parser("demo", help="train a small editor on the shipped demo facts for a few minutes, then edit")
+    m.add_argument("--model", default="smollm2-135m")
+    m.add_argument("--out", default="runs/demo")
+    m.add_argument("--minutes", type=float, default=4.0)
+    m.add_argument("--data", default="demo", help="demo (shipped) or zsre/counterfact with --train-file")
+    m.add_argument("--train-file", default=None)
+    m.set_defaults(func=cmd_demo)
+
+
+def _load(args, editor_dir):
+    from mend_jax.checkpoints import load_editor, read_meta
+    from mend_jax.weights import load_model
+    ckdir = Path(editor_dir) / "checkpoints"
+    _, meta = read_meta(ckdir if ckdir.is_dir() else Path(editor_dir), getattr(args, "which", "best"))
+    model = load_model(args.model or meta["config"]["model"])
+    editor, params, stats, meta = load_editor(editor_dir, model, which=getattr(args, "which", "best"))
+    return model, editor, params, stats, meta
+
+
+def cmd_eval(args) -> int:
+    from mend_jax.data import load_indices_file, load_records
+    from mend_jax.evaluation import FineTuneConfig, evaluate
+    model, editor, params, stats, meta = _load(args, args.editor)
+    indices = load_indices_file(args.indices) if args.indices else None
+    records = list(load_records(args.data, args.file, records=args.records, indices=indices))
+    if len(records) < args.edits_at_once:
+        raise MendJaxError(f"{len(records)} records but --edits-at-once {args.edits_at_once}")
+    ft = None if args.no_finetune else FineTuneConfig(args.finetune_lr, args.finetune_steps)
+    t0 = time.time()
+    res = evaluate(model, records, editor=editor, eparams=params, stats=stats, edits_at_once=args.edits_at_once,
+                   finetune_cfg=ft)
+    res.update({"data": args.data, "file": args.file, "records": args.records, "indices": args.indices,
+                "editor": str(args.editor), "editor_step": int(meta["step"]), "model": model.name,
+                "seconds": time.time() - t0})
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(res, indent=2))
+    for m in ("unedited", "mend", "finetune"):
+        if m in res:
+            r = res[m]
+            print(f"{m:9s} rel {r['reliability_token']:.3f}/{r['reliability_exact']:.3f}  "
+                  f"gen {r['generalization_token']:.3f}/{r['generalization_exact']:.3f}  "
+                  f"loc {r['locality_token']:.3f}/{r['locality_whole']:.3f}  drawdown {r['drawdown_token']:.3f}")
+    print(json.dumps({k: res[k] for k in ("n_records", "edits_at_once", "seconds")}))
+    return 0
+
+
+def show_edit(model, editor, params, stats, prompt, target, rephrase, unrelated, max_new_tokens, journal=None):
+    import jax
+    from mend_jax.api import EditSession
+    session = EditSession(model, editor, params, stats)
+    probes = [("prompt", prompt)] + ([("rephrase", rephrase)] if rephrase else []) + [("unrelated", unrelated)]
+    before = {k: session.generate(p, max_new_tokens) for k, p in probes}
+    rec = session.edit([prompt], [target])
+    after = {k: session.generate(p, max_new_tokens) for k, p in probes}
+    print(f"edit: {prompt!r} -> {target!r}  (edit success on the prompt: {rec.metrics['reliability_exact']:.0f})")
+    for k, p in probes:
+        print(f"  [{k}] {p}")
+        print(f"      before: {before[k]!r}")
+        print(f"      after:  {after[k]!r}")
+    if journal:
+        session.journal_to(journal)
+        print(f"journal: {journal}")
+    return before, after
+
+
+def cmd_edit(args) -> int:
+    model, editor, params, stats, _ = _load(args, args.editor)
+    show_edit(model, editor, params, stats, args.prompt, args.target, args.rephrase, args.unrelated,
+              args.max_new_tokens, args.journal)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mend_jax.checkpoints import load_editor
+    from mend_jax.training.config import TrainConfig
+    from mend_jax.training.loop import train
+    from mend_jax.weights import load_model
+    model = load_model(args.model)
+    cfg = TrainConfig(model=args.model, data=(args.data,), train_files=(args.train_file,),
+                      train_records="0:100" if args.data == "demo" else None, dev_data="demo", dev_file=None,
+                      dev_records="100:", rank=256, steps=100000, edits_per_step=4, lr=1e-4, lr_lr=1e-5,
+                      edit_lr_init=1e-4, val_every=25, val_size=16, ckpt_every=25, max_minutes=args.minutes,
+                      out=args.out, seq_len=16, target_len=4, loc_len=16)
+    print(f"training a small editor (rank 256) on {args.data} facts for {args.minutes} minutes -> {args.out}")
+    summary = train(cfg, model=model)
+    print(json.dumps(summary))
+    editor, params, stats, meta = load_editor(args.out, model, which="latest")
+    from mend_jax.data import load_records
+    rec = load_records("demo", records="100:101")[0]
+    show_edit(model, editor, params, stats, rec.prompt, rec.target, rec.rephrases[0], rec.loc_prompt, 6)
+    return 0
