@@ -117,7 +117,7 @@ def cmd_demo(args) -> int:
     model = load_model(args.model)
     cfg = TrainConfig(model=args.model, data=(args.data,), train_files=(args.train_file,),
                       train_records="0:100" if args.data == "demo" else None, dev_data="demo", dev_file=None,
-                      dev_records="100:", rank=256, steps=100000, edits_per_step=4, lr=1e-4, lr_lr=1e-5,
+                      dev_records="100:", rank=256, steps=2000, edits_per_step=4, lr=1e-4, lr_lr=1e-5,
                       edit_lr_init=1e-4, val_every=25, val_size=16, ckpt_every=25, max_minutes=args.minutes,
                       out=args.out, seq_len=16, target_len=4, loc_len=16)
     print(f"training a small editor (rank 256) on {args.data} facts for {args.minutes} minutes -> {args.out}")

@@ -128,6 +128,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="meta-training", unit="step")
     step = start
     last_saved = start
+    limit_t0 = None
     stopped = "steps"
     while step < cfg.steps:
         batch = training_batch(model.tokenizer, records, order, step, cfg.edits_per_step, shapes,
@@ -157,14 +158,16 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         _log(log_path, row)
         if stopped != "steps":
             break
-        if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes:
+        if limit_t0 is None:
+            limit_t0 = time.time()  # the time limit counts training, not the first step's compilation
+        if cfg.max_minutes and (time.time() - limit_t0) / 60 > cfg.max_minutes:
             stopped = "time limit"
             if last_saved != step:
                 ckpt.save(step, ts, meta_dict(step))
             break
     bar.close()
     ckpt.close()
-    summary = {"steps": step, "stopped": stopped, "best_val_loss": best, "minutes": (time.time() - t0) / 60,
+    summary = {"steps": step, "stopped": stopped, "best_val_loss": best if math.isfinite(best) else None, "minutes": (time.time() - t0) / 60,
                "n_train_records": len(records), "out": str(out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
