@@ -15,9 +15,11 @@ How the numbers are made (also printed with every table)
   ~2.5 min for the edit step alone on 2 cores). By default the planner compiles each step at two reduced depths (the
   edited blocks plus 1 and plus 3 frozen blocks) and extrapolates every quantity *linearly per frozen block* to the
   full depth. Frozen blocks only add their weights (an exactly linear argument size) and their forward FLOPs
-  (exactly linear); XLA reuses their activation buffers, so temporaries do not grow. Checked on LLaMA-2-70B, edit
-  step, 64 devices, against a full 80-layer compile: arguments 2.048 vs 2.043 GiB, temporaries equal, FLOPs 1.44e12
-  vs 1.438e12. ``--full-depth`` compiles the real depth instead.
+  (exactly linear); XLA reuses their activation buffers, so temporaries do not grow: the planner reports the larger
+  of the two compiled depths' temporaries (they wobble by a few percent without a trend: 70B training step on 8
+  devices at 4, 5, 6, 8, 12 layers: 0.885, 0.904, 0.904, 0.880, 0.875 GiB). Checked on LLaMA-2-70B, edit step, 64
+  devices, against a full 80-layer compile: arguments 2.048 vs 2.043 GiB, temporaries equal, FLOPs 1.44e12 vs
+  1.438e12. ``--full-depth`` compiles the real depth instead.
 - Peak per device = arguments + outputs - aliased (donated) + temporaries. The verdict compares it with the HBM:
   "fits" (<= 90%), "tight" (90-100%: XLA and the runtime need some headroom) or "does not fit".
 - The compiler is XLA:CPU partitioning for N devices. TPU/GPU compilers fuse and pad differently (TPU pads the two
@@ -246,7 +248,8 @@ def plan(model: str | Any, mesh: str | int | Sequence[int], platform: str = "tpu
     from mend_jax.errors import MendJaxError
     if isinstance(model, str):
         cfg, desc = resolve_model(model)
-        name = model
+        name = model if model in MODELS else (Path(model).parent.name if Path(model).name == "config.json"
+                                             else Path(model).stem) or model
     else:
         cfg, desc, name = model, "given config", getattr(model, "hf_model_type", "model")
     if isinstance(mesh, (tuple, list)):
@@ -285,9 +288,12 @@ def plan(model: str | Any, mesh: str | int | Sequence[int], platform: str = "tpu
             a, b = results[0][step], results[1][step]
             slope = {k: (b[k] - a[k]) / (depths[1] - depths[0]) for k in _LINEAR_KEYS}
             r = {k: a[k] + slope[k] * (L - depths[0]) for k in _LINEAR_KEYS}
+            # temporaries do not grow with frozen depth, but XLA's buffer assignment wobbles by a few percent
+            # between depths: extrapolating that noise over ~100 layers would be meaningless, so take the larger
+            r["temporaries"] = max(a["temporaries"], b["temporaries"])
             r.update(compile_s=round(a["compile_s"] + b["compile_s"], 1),
                      lower_s=round(a["lower_s"] + b["lower_s"], 1))
-            per_layer = {k: slope[k] for k in ("arguments", "temporaries", "flops")}
+            per_layer = {k: slope[k] for k in ("arguments", "flops")}
         peak = r["arguments"] + r["outputs"] - r["aliased"] + r["temporaries"]
         verdicts = {p: verdict(peak, r["flops"], r["bytes_accessed"], p) for p in platforms}
         per_step[step] = {**{k: (int(v) if k not in ("flops", "bytes_accessed") else float(v))
@@ -328,35 +334,39 @@ def _g(b: float) -> str:
 STEP_NAMES = {"edit": "edit", "train": "train"}
 
 
-def table_rows(res: dict) -> list[list[str]]:
+def _platform_cell(v: dict) -> str:
+    return f"{100 * v['hbm_fraction']:.0f}% {v['verdict']}, >= {v['t_min_ms']:.0f} ms"
+
+
+def table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per (model, mesh, step); one column per platform (% of HBM, verdict, t_min)."""
+    platforms = list(dict.fromkeys(p for res in results for p in res["platforms"]))
+    header = ["model", "mesh d x f x t (devices)", "step", "weights GiB", "editor+opt GiB", "batch+other GiB",
+              "out-alias GiB", "temp GiB", "peak GiB", "TFLOP/dev"]
+    header += [f"{p} ({PLATFORMS[p].hbm_bytes / GiB:.0f} GiB)" for p in platforms]
     rows = []
-    m = res["mesh"]
-    for step, r in res["steps"].items():
-        other = r["arguments"] - r["weights_bytes"] - r["editor_bytes"]
-        for p in res["platforms"]:
-            v = r["platforms"][p]
-            rows.append([res["model"], f"{m['data']}x{m['fsdp']}x{m['tensor']} ({m['devices']})", step,
-                         _g(r["weights_bytes"]), _g(r["editor_bytes"]), _g(other),
-                         _g(r["outputs"] - r["aliased"]), _g(r["temporaries"]), _g(r["peak"]),
-                         f"{p} {PLATFORMS[p].hbm_bytes / GiB:.0f}", f"{100 * v['hbm_fraction']:.0f}%", v["verdict"],
-                         f"{r['flops'] / 1e12:.2f}", f"{v['t_min_ms']:.1f}"])
-    return rows
+    for res in results:
+        m = res["mesh"]
+        for step, r in res["steps"].items():
+            other = r["arguments"] - r["weights_bytes"] - r["editor_bytes"]
+            row = [res["model"], f"{m['data']}x{m['fsdp']}x{m['tensor']} ({m['devices']})", step,
+                   _g(r["weights_bytes"]), _g(r["editor_bytes"]), _g(other), _g(r["outputs"] - r["aliased"]),
+                   _g(r["temporaries"]), _g(r["peak"]), f"{r['flops'] / 1e12:.2f}"]
+            row += [_platform_cell(r["platforms"][p]) if p in r["platforms"] else "" for p in platforms]
+            rows.append(row)
+    return header, rows
 
 
-HEADER = ["model", "mesh d x f x t (devices)", "step", "weights GiB", "editor+opt GiB", "batch+other GiB",
-          "out-alias GiB", "temp GiB", "peak GiB", "platform HBM GiB", "% HBM", "verdict", "TFLOP/dev",
-          "t_min ms"]
+def format_text(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    def line(cells):
+        return "  ".join(c.rjust(w) if 3 <= i < 10 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def format_text(rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADER)]
-    line = lambda cells: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa
-    return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def format_markdown(rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(HEADER)))
-           + "|"]
+def format_markdown(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---:" if 3 <= i < 10 else "---" for i in range(len(header))) + "|"]
     return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
 
 
@@ -371,10 +381,9 @@ def notes(results: list[dict]) -> list[str]:
         if d["extrapolated"]:
             s += (f"compiled at depths {d['compiled'][0]} and {d['compiled'][1]} and extrapolated linearly to "
                   f"{d['full']} layers (per frozen layer: ")
-            s += ", ".join(f"{k} {_g(v['per_frozen_layer']['arguments'])} GiB args, "
-                           f"{_g(v['per_frozen_layer']['temporaries'])} GiB temp, "
-                           f"{v['per_frozen_layer']['flops'] / 1e9:.1f} GFLOP ({k})"
-                           for k, v in res["steps"].items()) + ")"
+            s += "; ".join(f"{k}: {_g(v['per_frozen_layer']['arguments'])} GiB args, "
+                           f"{v['per_frozen_layer']['flops'] / 1e9:.1f} GFLOP"
+                           for k, v in res["steps"].items()) + "; temporaries: the larger of the two)"
         else:
             s += f"compiled at full depth ({d['full']} layers)"
         s += "; compile " + ", ".join(f"{k} {v['compile_s']:.0f} s" for k, v in res["steps"].items())
@@ -387,9 +396,10 @@ LEGEND = """\
 How to read it: every number is per device. weights = the bf16 base-model shards; editor+opt = the f32 editor
 (plus, for `train`, its Adam moments and running statistics); batch+other = the remaining arguments; out-alias =
 outputs not written in place of a donated input (train donates its state); temp = XLA's temporaries; peak = args +
-outputs - aliased + temp. verdict: fits (<= 90% of HBM), tight (90-100%), does not fit. TFLOP/dev is one step's
-FLOPs per device; t_min is a roofline lower bound (FLOPs at peak rate or bytes at HBM bandwidth, whichever is slower;
-no communication). Compiled with XLA:CPU for a fake mesh; TPU/GPU temporaries can differ by some percent."""
+outputs - aliased + temp; TFLOP/dev = one step's FLOPs per device. Per platform: peak as % of the device's HBM, the
+verdict (fits <= 90%, tight 90-100%, does not fit > 100%) and t_min, a roofline lower bound on the step time (FLOPs
+at peak rate or bytes at HBM bandwidth, whichever is slower; no communication). Compiled by XLA:CPU for a fake mesh:
+TPU/GPU compilers' temporaries can differ by some percent; weights and editor state are exact."""
 
 
 # ---------------------------------------------------------------------------------------------- CLI/driver
@@ -492,9 +502,9 @@ def cmd_plan(args) -> int:
             raise MendJaxError(f"--steps: unknown step {s!r} (edit, train)")
     t0 = time.time()
     results = run_plans(models, meshes, args.platform, **_kwargs(args))
-    rows = [r for res in results for r in table_rows(res)]
+    header, rows = table(results)
     command = "mend-jax plan " + " ".join(shlex.quote(a) for a in getattr(args, "_argv", []) or [])
-    print(format_text(rows))
+    print(format_text(header, rows))
     print()
     for n in notes(results):
         print("- " + n)
@@ -506,7 +516,7 @@ def cmd_plan(args) -> int:
         Path(args.json).write_text(json.dumps({"command": command, "results": results}, indent=1))
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        md = [f"# Memory/cost plan\n", f"Made with:\n\n```bash\n{command}\n```\n", format_markdown(rows), "",
+        md = [f"# Memory/cost plan\n", f"Made with:\n\n```bash\n{command}\n```\n", format_markdown(header, rows), "",
               *("- " + n for n in notes(results)), "", LEGEND, ""]
         Path(args.markdown).write_text("\n".join(md))
     return 0

@@ -160,6 +160,9 @@ class ShardedEditing:
         self._need_editor()
         loss, factors = capture_factors(params, self.cfg, batch, self.layers)
         edits = self._compute_edits(eparams, estate, factors)
+        # (the edited model's metrics need a second forward through the frozen blocks: capture_factors computes
+        # their output internally and does not return it, and XLA cannot merge the two copies because each
+        # sharded layer carries its own collectives)
         return loss, edits, self._metrics(self._logits(params, batch, edits), batch)
 
     @functools.cached_property

@@ -46,7 +46,10 @@ def test_cli_plans_in_a_child_process_with_its_own_device_count(tmp_path):
     assert "--model" in res["command"] and "mend-jax plan" in res["command"]
     text = md.read_text()
     assert "| model |" in text and "fits" in text and res["command"] in text
-    assert "verdict" in r.stdout and "does not fit" not in r.stdout
+    rows = r.stdout.split("\n\n")[0].splitlines()
+    assert rows[0].startswith("model") and "tpu-v5e (16 GiB)" in rows[0] and "h100 (80 GiB)" in rows[0]
+    assert len(rows) == 4 and rows[2].startswith(cfg.parent.name) and "fits" in rows[2]
+    assert plan["model"] == cfg.parent.name
 
 
 def test_extrapolated_depth_matches_full_depth():

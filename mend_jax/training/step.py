@@ -131,7 +131,7 @@ def make_train_step(editor: Editor, cfg, tx, hp: StepHParams = StepHParams(), do
         updates, opt_state = tx.update(grads, ts["opt_state"], ts["params"])
         params = optax.apply_updates(ts["params"], updates)
         metrics = dict(metrics)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["finite"] = jnp.isfinite(metrics["grad_norm"]).astype(jnp.float32)
         metrics["edit_lr_mean"] = params["edit_lrs"].mean()
         return {"params": params, "stats": stats, "opt_state": opt_state, "step": ts["step"] + 1}, metrics

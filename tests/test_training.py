@@ -1,0 +1,80 @@
+"""The meta-training step and the evaluation on a tiny random model with SmolLM2's tokenizer."""
+import jax
+import numpy as np
+import pytest
+
+from mend_jax.data import load_records
+from mend_jax.editing import EditorConfig, EditorSpec, identity_editor, mend_editor
+from mend_jax.evaluation import FineTuneConfig, evaluate
+from mend_jax.training.batches import DataOrder, Shapes, filter_records, training_batch
+from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
+
+pytestmark = pytest.mark.smollm2
+SHAPES = Shapes(16, 4, 16)
+
+
+def setup(model):
+    fam = model.family
+    spec = EditorSpec.from_model(fam.linear_layers(model.config), fam.default_edit_layers(model.config, 2))
+    editor = mend_editor(spec, EditorConfig(rank=8, edit_lr_init=1e-3))
+    records = filter_records(model.tokenizer, list(load_records("demo", records="0:40")), SHAPES, train=True)
+    return editor, records
+
+
+def test_train_step_updates_editor_statistics_and_never_recompiles(tiny_lm):
+    editor, records = setup(tiny_lm)
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    step = make_train_step(editor, tiny_lm.config, tx, StepHParams())
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    up0 = np.asarray(ts["params"]["nets"]["32x48"]["joint"][0]["up"]).copy()
+    order = DataOrder(len(records), seed=0)
+    counts = []
+    for s in range(3):
+        batch = training_batch(tiny_lm.tokenizer, records, order, s, 2, SHAPES, 128)
+        ts, metrics = step(ts, tiny_lm.params, batch)
+        counts.append(float(ts["stats"]["32x48"]["u"]["count"]))
+        assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert counts[0] > 0 and counts[0] < counts[1] < counts[2]  # statistics accumulate over training edits
+    assert int(ts["step"]) == 3
+    assert np.abs(np.asarray(ts["params"]["nets"]["32x48"]["joint"][0]["up"]) - up0).max() > 0  # it learns
+    assert step._cache_size() == 1  # fixed shapes: one compilation for all steps
+
+
+def test_validation_is_deterministic_and_does_not_touch_statistics(tiny_lm):
+    editor, records = setup(tiny_lm)
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    step = make_train_step(editor, tiny_lm.config, tx, donate=False)
+    batch = training_batch(tiny_lm.tokenizer, records, DataOrder(len(records), 0), 0, 2, SHAPES, 128)
+    ts, _ = step(ts, tiny_lm.params, batch)
+    ev = make_eval_step(editor, tiny_lm.config)
+    a = ev(ts["params"], ts["stats"], tiny_lm.params, batch)
+    b = ev(ts["params"], ts["stats"], tiny_lm.params, batch)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+        assert a[k].shape == (2,)
+
+
+def test_data_order_is_a_function_of_seed_and_step(tiny_lm):
+    _, records = setup(tiny_lm)
+    o1, o2 = DataOrder(len(records), 3), DataOrder(len(records), 3)
+    assert [o1.record(g) for g in range(100)] == [o2.record(g) for g in reversed(range(100))][::-1]
+    assert sorted(o1.record(g) for g in range(len(records))) == list(range(len(records)))  # an epoch is a permutation
+
+
+def test_evaluation_reports_every_method(tiny_lm):
+    fam = tiny_lm.family
+    spec = EditorSpec.from_model(fam.linear_layers(tiny_lm.config), fam.default_edit_layers(tiny_lm.config, 2))
+    editor = identity_editor(spec, edit_lr=1.0)
+    params, stats = editor.init(jax.random.key(0))
+    records = list(load_records("demo", records="100:104"))
+    res = evaluate(tiny_lm, records, editor=editor, eparams=params, stats=stats, edits_at_once=2,
+                   finetune_cfg=FineTuneConfig(1e-2, 2), progress=False)
+    assert res["n_records"] == 4 and res["edits_at_once"] == 2
+    assert res["unedited"]["locality_token"] == 1.0 and res["unedited"]["drawdown_token"] == 0.0
+    for m in ("mend", "finetune"):
+        for k in ("reliability_token", "reliability_exact", "generalization_token", "locality_token",
+                  "locality_whole", "drawdown_token"):
+            assert 0.0 <= res[m][k] <= 1.0 or k.startswith("drawdown")
+    # a large gradient step moves the targets up on the tiny model
+    assert res["finetune"]["reliability_token"] >= res["unedited"]["reliability_token"]
