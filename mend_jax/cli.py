@@ -75,7 +75,12 @@ def _register_editing(sub):
     register(sub)
 
 
-_EXTRA_COMMANDS: list = [_register_train, _register_editing]
+def _register_plan(sub):
+    from mend_jax.planner import register_plan_command
+    register_plan_command(sub)
+
+
+_EXTRA_COMMANDS: list = [_register_train, _register_editing, _register_plan]
 
 
 def main(argv: list[str] | None = None) -> int:

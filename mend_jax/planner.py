@@ -392,6 +392,23 @@ def notes(results: list[dict]) -> list[str]:
     return out
 
 
+def summary(results: list[dict]) -> list[str]:
+    """Per model and platform: on which of the planned meshes both steps fit, and on which they do not."""
+    out = []
+    models = list(dict.fromkeys(r["model"] for r in results))
+    for model in models:
+        runs = sorted((r for r in results if r["model"] == model), key=lambda r: r["mesh"]["devices"])
+        for p in dict.fromkeys(p for r in runs for p in r["platforms"]):
+            parts = []
+            for r in runs:
+                v = [s["platforms"][p]["verdict"] for s in r["steps"].values() if p in s["platforms"]]
+                worst = "does not fit" if "does not fit" in v else "tight" if "tight" in v else "fits"
+                m = r["mesh"]
+                parts.append(f"{worst} on {m['devices']} ({m['data']}x{m['fsdp']}x{m['tensor']})")
+            out.append(f"{model} on {p}: " + "; ".join(parts))
+    return out
+
+
 LEGEND = """\
 How to read it: every number is per device. weights = the bf16 base-model shards; editor+opt = the f32 editor
 (plus, for `train`, its Adam moments and running statistics); batch+other = the remaining arguments; out-alias =
@@ -506,17 +523,23 @@ def cmd_plan(args) -> int:
     command = "mend-jax plan " + " ".join(shlex.quote(a) for a in getattr(args, "_argv", []) or [])
     print(format_text(header, rows))
     print()
+    for n in summary(results):
+        print("* " + n)
+    print()
     for n in notes(results):
         print("- " + n)
     print()
     print(LEGEND)
-    print(f"\n(total {time.time() - t0:.0f} s)")
+    wall = time.time() - t0
+    print(f"\n(total {wall:.0f} s)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"command": command, "results": results}, indent=1))
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        md = [f"# Memory/cost plan\n", f"Made with:\n\n```bash\n{command}\n```\n", format_markdown(header, rows), "",
+        md = ["# Memory/cost plan\n", f"Made with (in {wall:.0f} s on a machine with {os.cpu_count()} CPU cores):\n",
+              f"```bash\n{command}\n```\n", "Summary (both steps, per platform):\n",
+              *("- " + n for n in summary(results)), "", format_markdown(header, rows), "", "Notes:\n",
               *("- " + n for n in notes(results)), "", LEGEND, ""]
         Path(args.markdown).write_text("\n".join(md))
     return 0

@@ -28,9 +28,9 @@ from jax.sharding import Mesh
 
 from mend_jax import sharding as shd
 from mend_jax.editing.batch import TokenBatch
-from mend_jax.editing.edit import apply_edits, compute_edits, edit_rows
+from mend_jax.editing.edit import apply_edits, compute_edits
 from mend_jax.editing.factors import capture_factors
-from mend_jax.editing.losses import kl_pre_post, masked_nll, token_accuracy
+from mend_jax.editing.losses import masked_nll, token_accuracy
 from mend_jax.models import LinearHooks, family_for, layer_index
 
 
@@ -203,8 +203,7 @@ def sharded_train_step(editor, cfg, tx, mesh: Mesh, n_problems: int, hp: Any = N
     metrics replicated. The editor is wrapped by :func:`constrain_editor`."""
     from mend_jax.training.step import StepHParams, make_train_step
     hp = StepHParams() if hp is None else hp
-    jitted = make_train_step(constrain_editor(editor, mesh), cfg, tx, hp, donate=False)
-    step = getattr(jitted, "__wrapped__", jitted)  # the pure step function (re-jitted below with shardings)
+    step = make_train_step(constrain_editor(editor, mesh), cfg, tx, hp, jit=False)  # jitted below with shardings
     ts_sh = train_state_shardings(editor, cfg, tx, mesh, rules)
     return jax.jit(step, in_shardings=(ts_sh, shd.param_shardings(cfg, mesh, rules),
                                        meta_batch_shardings(mesh, n_problems, rules)),

@@ -353,7 +353,7 @@ def spec_tree(shardings: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ multi-host
-_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
 def _launched_multi_host(env: Mapping[str, str]) -> bool:
@@ -378,10 +378,12 @@ def _launched_multi_host(env: Mapping[str, str]) -> bool:
 def initialize_distributed(env: Mapping[str, str] | None = None, **kwargs) -> bool:
     """Call ``jax.distributed.initialize()`` when this process is one of several hosts; return whether it did.
 
-    Detection: ``MEND_JAX_DISTRIBUTED=1`` (force; ``0`` disables), a coordinator address in the environment, a
-    multi-host Cloud TPU slice (``TPU_WORKER_HOSTNAMES`` lists >1 host), or a launcher world size > 1 (Slurm / MPI /
-    torchrun-style ``WORLD_SIZE``). On Cloud TPU and Slurm ``initialize()`` needs no arguments; ``kwargs`` are passed
-    through otherwise. Must run before anything calls ``jax.devices()`` or computes (jax's multi-process docs).
+    Detection: ``MEND_JAX_DISTRIBUTED=1`` (force; ``0`` disables; ``tpu_scripts/run.sh`` sets it on every worker,
+    because a Cloud TPU VM's worker list lives in its metadata server, not always in the environment), a coordinator
+    address in the environment, ``TPU_WORKER_HOSTNAMES`` listing >1 host, or a launcher world size > 1 (Slurm / MPI /
+    torchrun-style ``WORLD_SIZE``). On Cloud TPU and Slurm ``initialize()`` needs no arguments (and is also correct on
+    a single host); ``kwargs`` are passed through otherwise. Must run before anything calls ``jax.devices()`` or
+    computes (jax's multi-process docs).
     """
     env = os.environ if env is None else env
     if jax.distributed.is_initialized():

@@ -23,18 +23,19 @@ from mend_jax.sharded_steps import (ShardedEditing, meta_batch_shardings, place_
 
 MESHES = [(8, 1, 1), (1, 4, 2), (2, 2, 2)]
 RTOL = 1e-5
-
-
-def close(actual, ref, err_msg=""):
-    ref = np.asarray(ref)
-    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
-    np.testing.assert_allclose(np.asarray(actual), ref, rtol=RTOL, atol=RTOL * scale, err_msg=err_msg)
 FAST = {"xla_backend_optimization_level": 0}
 CFG = tiny_llama_config(hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2, head_dim=8,
                         vocab_size=128, num_layers=2)
 FAM = family_for(CFG)
 LAYERS = FAM.default_edit_layers(CFG, n_blocks=1)  # gate/up (32x64) + down (64x32): two shared nets
 B, T, K = 8, 12, 3
+
+
+def close(actual, ref, err_msg=""):
+    """Equal to 1e-5 relative, and to 1e-5 of the reference array's largest magnitude (module docstring)."""
+    ref = np.asarray(ref)
+    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
+    np.testing.assert_allclose(np.asarray(actual), ref, rtol=RTOL, atol=RTOL * scale, err_msg=err_msg)
 
 
 def run(jitted, *args):
@@ -192,8 +193,12 @@ N_PROBLEMS = 8
 
 
 def meta_batch(step):
+    """``N_PROBLEMS`` edit problems of one sequence each (numpy, stacked on a leading axis)."""
     from mend_jax.training.step import MetaBatch
-    stack = lambda s: jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(s * 100 + j, b=1) for j in range(N_PROBLEMS)])  # noqa: E731,E501
+
+    def stack(seed):
+        rows = [make_batch(seed * 100 + j, b=1) for j in range(N_PROBLEMS)]
+        return jax.tree.map(lambda *x: np.stack([np.asarray(a) for a in x]), *rows)
     return MetaBatch(stack(3 * step), stack(3 * step + 1), stack(3 * step + 2))
 
 

@@ -81,9 +81,10 @@ def test_run_quotes_the_command_for_the_remote_shell():
     assert cmd[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mend-v5p", "--worker=all"]
     assert cmd[7:9] == LOC
     remote = cmd[-1].removeprefix("--command=")
-    assert remote.startswith("cd mend-jax && . .venv/bin/activate &&")
+    prefix = "cd mend-jax && . .venv/bin/activate && export MEND_JAX_DISTRIBUTED=1 &&"
+    assert remote.startswith(prefix)
     # what the remote shell would execute: the exact argv we gave
-    probe = remote.replace("cd mend-jax && . .venv/bin/activate &&", "").replace(
+    probe = remote.replace(prefix, "").replace(
         "mend-jax plan", "printf '%s\\n' mend-jax plan", 1)
     out = subprocess.run(["bash", "-c", probe + "; echo \"$XLA_FLAGS\""], capture_output=True, text=True).stdout
     assert out.splitlines() == ["mend-jax", "plan", "--model", "it's here", "--mesh", "1x64x4", "--a --b"]

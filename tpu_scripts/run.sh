@@ -12,7 +12,7 @@ Runs COMMAND at the same time on all workers (every host of a multi-host slice m
 processes find each other through jax.distributed.initialize(), which mend_jax.sharding.initialize_distributed()
 calls when it sees several hosts):
   gcloud compute tpus tpu-vm ssh NAME --worker=all --zone=ZONE [--project=P]
-      --command='cd DIR && . .venv/bin/activate && COMMAND ARGS...'
+      --command='cd DIR && . .venv/bin/activate && export MEND_JAX_DISTRIBUTED=1 && COMMAND ARGS...'
 
 Required:
   --name NAME              TPU node name
@@ -71,7 +71,9 @@ done
 require_gcloud
 location_flags
 
-remote="cd $(printf '%q' "$REMOTE_DIR") && . .venv/bin/activate &&"
+# MEND_JAX_DISTRIBUTED=1: mend_jax.sharding.initialize_distributed() then calls jax.distributed.initialize(), which
+# finds the other workers through the TPU metadata server (also fine on a single-host slice); --env may override it.
+remote="cd $(printf '%q' "$REMOTE_DIR") && . .venv/bin/activate && export MEND_JAX_DISTRIBUTED=1 &&"
 for kv in ${ENVS[@]+"${ENVS[@]}"}; do
   remote+=" export ${kv%%=*}=$(printf '%q' "${kv#*=}") &&"
 done

@@ -121,8 +121,9 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
     return stats, loss_fn
 
 
-def make_train_step(editor: Editor, cfg, tx, hp: StepHParams = StepHParams(), donate: bool = True):
-    """``step(train_state, base_params, batch) -> (train_state, metrics)``, jitted; ``train_state`` is donated."""
+def make_train_step(editor: Editor, cfg, tx, hp: StepHParams = StepHParams(), donate: bool = True, jit: bool = True):
+    """``step(train_state, base_params, batch) -> (train_state, metrics)``, jitted (``train_state`` donated), or the
+    plain function with ``jit=False`` (``sharded_steps.sharded_train_step`` jits it with explicit shardings)."""
 
     def step(ts: dict, base_params: Any, batch: MetaBatch):
         stats, loss_fn = meta_forward(editor, cfg, hp, base_params, ts["params"], ts["stats"], batch,
@@ -136,6 +137,8 @@ def make_train_step(editor: Editor, cfg, tx, hp: StepHParams = StepHParams(), do
         metrics["edit_lr_mean"] = params["edit_lrs"].mean()
         return {"params": params, "stats": stats, "opt_state": opt_state, "step": ts["step"] + 1}, metrics
 
+    if not jit:
+        return step
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
