@@ -4,21 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Python 3.12 is the supported version (current jax needs >= 3.12); newer ones are a fallback.
+ok_python() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; }
 find_python() {
-  local cand
-  for cand in "${PYTHON:-}" python3.12 python3.13 python3; do
-    [ -n "$cand" ] || continue
-    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
-      command -v "$cand"; return 0
-    fi
-  done
+  local cand v
+  if [ -n "${PYTHON:-}" ] && ok_python "$PYTHON"; then command -v "$PYTHON"; return 0; fi
+  if command -v python3.12 >/dev/null 2>&1 && ok_python python3.12; then command -v python3.12; return 0; fi
   if command -v pyenv >/dev/null 2>&1; then
-    local v
-    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9])' | sort -V -r); do
+    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | sort -V -r) \
+             $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[3-9])(\.|$)' | sort -V); do
       cand="$(pyenv root)/versions/$v/bin/python"
-      if [ -x "$cand" ]; then echo "$cand"; return 0; fi
+      if [ -x "$cand" ] && ok_python "$cand"; then echo "$cand"; return 0; fi
     done
   fi
+  for cand in python3.13 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && ok_python "$cand"; then command -v "$cand"; return 0; fi
+  done
   return 1
 }
 

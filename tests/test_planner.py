@@ -19,8 +19,7 @@ def test_cli_plans_in_a_child_process_with_its_own_device_count(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(TINY))
     out, md = tmp_path / "plan.json", tmp_path / "plan.md"
-    code = ("import sys; from mend_jax import cli; from mend_jax.planner import register_plan_command; "
-            "cli._EXTRA_COMMANDS.append(register_plan_command); sys.exit(cli.main(sys.argv[1:]))")
+    code = "import sys; from mend_jax import cli; sys.exit(cli.main(sys.argv[1:]))"
     # the parent has 1 CPU device: the planner must start a child with 16 fake devices itself
     r = subprocess.run([sys.executable, "-c", code, "plan", "--model", str(cfg), "--mesh", "16",
                         "--platform", "tpu-v5e,h100", "--edits", "4", "--tokens", "16", "--target-len", "4",
