@@ -78,3 +78,20 @@ def test_evaluation_reports_every_method(tiny_lm):
             assert 0.0 <= res[m][k] <= 1.0 or k.startswith("drawdown")
     # a large gradient step moves the targets up on the tiny model
     assert res["finetune"]["reliability_token"] >= res["unedited"]["reliability_token"]
+
+
+def test_training_locality_modes(tiny_lm):
+    from mend_jax.training.batches import own_loc_fits, problem_for
+    _, records = setup(tiny_lm)
+    ok = own_loc_fits(tiny_lm.tokenizer, records, SHAPES)
+    assert ok
+    i = sorted(ok)[0]
+    own = problem_for(records, i, np.random.default_rng(0), train=True, train_loc="own", own_loc_ok=ok)
+    assert (own.loc_prompt, own.loc_answer) == (records[i].loc_prompt, records[i].loc_answer)
+    other = problem_for(records, i, np.random.default_rng(0), train=True, train_loc="other", own_loc_ok=ok)
+    assert other.loc_prompt != records[i].prompt
+    mixed = {problem_for(records, i, np.random.default_rng(s), train=True, train_loc="mix", own_loc_ok=ok).loc_prompt
+             == records[i].loc_prompt for s in range(40)}
+    assert mixed == {True, False}
+    with pytest.raises(ValueError, match="train_loc"):
+        problem_for(records, i, np.random.default_rng(0), train=True, train_loc="bogus")

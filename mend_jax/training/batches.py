@@ -36,14 +36,36 @@ class Problem:
     loc_answer: str
 
 
-def problem_for(records: Sequence[EditRecord], i: int, rng: np.random.Generator, train: bool) -> Problem:
+TRAIN_LOC_MODES = ("other", "own", "mix")
+
+
+def problem_for(records: Sequence[EditRecord], i: int, rng: np.random.Generator, train: bool,
+                train_loc: str = "other", own_loc_ok: frozenset[int] | None = None) -> Problem:
+    """The edit problem of record ``i``. Training locality (``train_loc``):
+
+    - ``other``: another training record's question (MEND's original zsRE training);
+    - ``own``: the record's own unrelated prompt (NQ for zsRE, a neighbourhood prompt for CounterFact) when it fits
+      the shapes (``own_loc_ok``), else ``other``;
+    - ``mix``: ``own`` or ``other`` with probability 1/2 each.
+    Evaluation always uses the record's own locality prompt."""
     r = records[i]
     equiv = r.rephrase(rng)
-    if train:
-        loc_prompt, loc_answer = sample_training_loc(records, i, rng)
-    else:
-        loc_prompt, loc_answer = r.loc_prompt, r.loc_answer
+    if not train:
+        return Problem(r.prompt, r.target, equiv, r.loc_prompt, r.loc_answer)
+    if train_loc not in TRAIN_LOC_MODES:
+        raise ValueError(f"train_loc must be one of {TRAIN_LOC_MODES}, not {train_loc!r}")
+    use_own = train_loc == "own" or (train_loc == "mix" and rng.random() < 0.5)
+    if use_own and (own_loc_ok is None or i in own_loc_ok) and r.loc_prompt and r.loc_answer:
+        return Problem(r.prompt, r.target, equiv, r.loc_prompt, r.loc_answer)
+    loc_prompt, loc_answer = sample_training_loc(records, i, rng)
     return Problem(r.prompt, r.target, equiv, loc_prompt, loc_answer)
+
+
+def own_loc_fits(tokenizer, records: Sequence[EditRecord], shapes: Shapes) -> frozenset[int]:
+    """Positions of the records whose own locality example fits the shapes."""
+    return frozenset(i for i, r in enumerate(records)
+                     if r.loc_prompt and r.loc_answer
+                     and fits(tokenizer, Problem(r.prompt, r.target, r.prompt, r.loc_prompt, r.loc_answer), shapes))
 
 
 def fits(tokenizer, p: Problem, shapes: Shapes) -> bool:
@@ -108,9 +130,9 @@ class DataOrder:
 
 
 def training_batch(tokenizer, records, order: DataOrder, step: int, n: int, shapes: Shapes,
-                   max_length: int) -> MetaBatch:
-    problems = [problem_for(records, order.record(g), order.rng(g), train=True)
-                for g in range(step * n, step * n + n)]
+                   max_length: int, train_loc: str = "other", own_loc_ok: frozenset[int] | None = None) -> MetaBatch:
+    problems = [problem_for(records, order.record(g), order.rng(g), train=True, train_loc=train_loc,
+                            own_loc_ok=own_loc_ok) for g in range(step * n, step * n + n)]
     return encode_problems(tokenizer, problems, shapes, max_length)
 
 

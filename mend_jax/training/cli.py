@@ -33,6 +33,10 @@ def register(sub) -> None:
         if f.name == "repeats":
             p.add_argument(flag, type=lambda s: tuple(int(x) for x in s.split(",")), default=f.default,
                            help="per train file, how often its records enter the data order, e.g. 5,1")
+        elif f.name == "train_loc":
+            p.add_argument(flag, choices=["other", "own", "mix"], default=f.default,
+                           help="training locality: other records' questions, the record's own unrelated prompt "
+                                "(NQ for zsRE), or a 50/50 mix")
         elif f.type in ("bool", bool):
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
         elif f.name == "max_minutes":

@@ -17,6 +17,8 @@ class TrainConfig:
     train_files: tuple[str | None, ...] = (None,)
     train_records: str | None = None  # "A:B" of every train file
     repeats: tuple[int, ...] = (1,)  # per train file: how often its records enter the data order (balances mixes)
+    train_loc: str = "mix"  # training locality: "other" records' questions (original), the record's "own"
+    #                         unrelated prompt (NQ for zsRE, as in evaluation), or a 50/50 "mix" (see notes)
     dev_data: str = "demo"
     dev_file: str | None = None
     dev_records: str | None = "0:100"
@@ -53,6 +55,8 @@ class TrainConfig:
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
         fields = {f.name for f in dataclasses.fields(cls)}
+        d = dict(d)
+        d.setdefault("train_loc", "other")  # runs saved before the option existed trained this way
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

@@ -18,7 +18,8 @@ from mend_jax.checkpoints import EditorCheckpoints, check_fingerprint, model_fin
 from mend_jax.data import load_records
 from mend_jax.editing.editor import EditorConfig, EditorSpec, mend_editor
 from mend_jax.errors import CheckpointError, MendJaxError
-from mend_jax.training.batches import DataOrder, Shapes, filter_records, training_batch, validation_batches
+from mend_jax.training.batches import (DataOrder, Shapes, filter_records, own_loc_fits, training_batch,
+                                      validation_batches)
 from mend_jax.training.config import TrainConfig
 from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
 
@@ -97,6 +98,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     editor, ecfg = build_editor(model, cfg)
     records, dev = load_training_data(model.tokenizer, cfg, shapes)
     order = DataOrder(len(records), cfg.seed)
+    own_ok = own_loc_fits(model.tokenizer, records, shapes)
     tx = make_optimizer(cfg.lr, cfg.lr_lr, cfg.grad_clip)
     hp = StepHParams(cfg.c_edit, cfg.c_loc)
     step_fn = make_train_step(editor, model.config, tx, hp)
@@ -132,7 +134,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     stopped = "steps"
     while step < cfg.steps:
         batch = training_batch(model.tokenizer, records, order, step, cfg.edits_per_step, shapes,
-                               model.config.max_position_embeddings)
+                               model.config.max_position_embeddings, cfg.train_loc, own_ok)
         ts, metrics = step_fn(ts, model.params, batch)
         step += 1
         bar.update(1)
