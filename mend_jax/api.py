@@ -167,3 +167,20 @@ class EditSession:
         """The edited model as a transformers-format folder (config.json, model.safetensors, tokenizer)."""
         from mend_jax.weights.export import export_model
         return export_model(dataclasses.replace(self.model, params=self.params), folder)
+
+
+def journal_remove(folder: str | Path, edit_id: str) -> None:
+    """Remove one edit from a journal folder (the rebuilt model is then exactly base + the other edits)."""
+    folder = Path(folder)
+    index_path = folder / "journal.json"
+    if not index_path.is_file():
+        raise CheckpointError(f"{folder} is not an edit journal (no journal.json)")
+    index = json.loads(index_path.read_text())
+    ids = [e["id"] for e in index["edits"]]
+    if edit_id not in ids:
+        raise InvalidEditError(f"no edit {edit_id!r} in journal {folder} (edits: {ids})")
+    index["edits"] = [e for e in index["edits"] if e["id"] != edit_id]
+    tmp = folder / ".journal.json.tmp"
+    tmp.write_text(json.dumps(index, indent=2))
+    tmp.rename(index_path)  # the index is the truth; the factor file goes after it
+    (folder / f"{edit_id}.npz").unlink(missing_ok=True)

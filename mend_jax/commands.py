@@ -37,6 +37,18 @@ def register(sub) -> None:
     d.add_argument("--journal", default=None, help="append the edit to this journal folder")
     d.set_defaults(func=cmd_edit)
 
+    r = sub.add_parser("revert", help="remove one edit from an edit journal")
+    r.add_argument("--journal", required=True)
+    r.add_argument("--id", required=True, help="edit id (see journal.json)")
+    r.set_defaults(func=cmd_revert)
+
+    x = sub.add_parser("export", help="write base model + an edit journal as a transformers-format folder")
+    x.add_argument("--editor", required=True)
+    x.add_argument("--model", default=None)
+    x.add_argument("--journal", required=True)
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+
     m = sub.add_parser("demo", help="train a small editor on the shipped demo facts for a few minutes, then edit")
     m.add_argument("--model", default="smollm2-135m")
     m.add_argument("--out", default="runs/demo")
@@ -127,4 +139,20 @@ def cmd_demo(args) -> int:
     from mend_jax.data import load_records
     rec = load_records("demo", records="100:101")[0]
     show_edit(model, editor, params, stats, rec.prompt, rec.target, rec.rephrases[0], rec.loc_prompt, 6)
+    return 0
+
+
+def cmd_revert(args) -> int:
+    from mend_jax.api import journal_remove
+    journal_remove(args.journal, args.id)
+    print(f"removed edit {args.id} from {args.journal}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mend_jax.api import EditSession
+    session = EditSession.from_pretrained(args.editor, model=args.model)
+    session.load_journal(args.journal)
+    folder = session.export(args.out)
+    print(f"exported {session.model.name} with {len(session.journal)} edits to {folder}")
     return 0

@@ -91,3 +91,20 @@ def test_bad_edits_are_refused_with_a_clear_message(tiny_lm, prompt, target, mat
     with pytest.raises(Exception, match=match):
         s.edit([prompt], [target])
     assert s.journal == []
+
+
+def test_journal_remove_then_replay_equals_the_other_edits(tiny_lm, tmp_path):
+    from mend_jax.api import journal_remove
+    s = session_for(tiny_lm)
+    r1 = s.edit(["The capital of France is"], ["Rome"])
+    r2 = s.edit(["Water boils at"], ["fifty degrees"])
+    s.journal_to(tmp_path / "j")
+    journal_remove(tmp_path / "j", r1.id)
+    s2 = session_for(tiny_lm)
+    s2.load_journal(tmp_path / "j")
+    s.revert(r1.id)
+    layers = s.editor.spec.layers
+    for n in layers:
+        np.testing.assert_array_equal(kernels(s2.params, layers)[n], kernels(s.params, layers)[n])
+    with pytest.raises(InvalidEditError):
+        journal_remove(tmp_path / "j", r1.id)
