@@ -23,13 +23,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mend_jax.data import load_records
 from mend_jax.editing import EditorConfig, EditorSpec, capture_factors, compute_edits, apply_edits, mend_editor
 from mend_jax.editing.batch import encode_examples
 from mend_jax.editing.losses import masked_nll
-from mend_jax.models import LinearHooks, family_for, layer_index
+from mend_jax.models import family_for, layer_index
 from mend_jax.training.batches import DataOrder, Shapes, filter_records, training_batch
 from mend_jax.training.step import init_train_state, make_optimizer, make_train_step
 

@@ -13,7 +13,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mend_jax.data import load_records
 from mend_jax.editing import EditorSpec, custom_editor, identity_editor

@@ -1,7 +1,6 @@
 """CLI glue for ``eval``, ``edit`` and ``demo`` (the algorithms live elsewhere)."""
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -96,7 +95,6 @@ def cmd_eval(args) -> int:
 
 
 def show_edit(model, editor, params, stats, prompt, target, rephrase, unrelated, max_new_tokens, journal=None):
-    import jax
     from mend_jax.api import EditSession
     session = EditSession(model, editor, params, stats)
     probes = [("prompt", prompt)] + ([("rephrase", rephrase)] if rephrase else []) + [("unrelated", unrelated)]

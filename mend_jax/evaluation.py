@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Sequence
 
 import jax
@@ -20,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mend_jax.editing.batch import TokenBatch, bucket, encode_examples
-from mend_jax.editing.edit import apply_edits, compute_edits
+from mend_jax.editing.batch import TokenBatch, encode_examples
+from mend_jax.editing.edit import compute_edits
 from mend_jax.editing.editor import Editor, stats_initialised
 from mend_jax.editing.factors import capture_factors
 from mend_jax.editing.losses import masked_nll, token_accuracy
@@ -35,7 +34,7 @@ class FineTuneConfig:
     steps: int = 5
 
 
-def _encode(tok, prompts, targets, max_len, k):
+def _encode(tok, prompts, targets, max_len):
     b = encode_examples(tok, prompts, targets, max_length=max_len, min_seq=16, min_target=4)
     return jax.tree.map(jnp.asarray, b)
 
@@ -120,15 +119,14 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
     def add(m, key, values):
         acc[m].setdefault(key, []).extend(np.asarray(values, np.float64).tolist())
 
-    rng = np.random.default_rng(seed)
     for group in tqdm(groups, disable=not progress, desc=f"evaluating ({k} at once)", unit="group"):
         prompts = [r.prompt for r in group]
         targets = [r.target for r in group]
         rephr = [r.rephrase(np.random.default_rng([seed, r.index])) for r in group]
-        edit_b = _encode(tok, prompts, targets, max_len, k)
+        edit_b = _encode(tok, prompts, targets, max_len)
         rel_b = edit_b
-        gen_b = _encode(tok, rephr, targets, max_len, k)
-        loc_b = _encode(tok, [r.loc_prompt for r in group], [r.loc_answer for r in group], max_len, k)
+        gen_b = _encode(tok, rephr, targets, max_len)
+        loc_b = _encode(tok, [r.loc_prompt for r in group], [r.loc_answer for r in group], max_len)
         hid = {name: _hidden(model.params, cfg, b, first) for name, b in (("rel", rel_b), ("gen", gen_b), ("loc", loc_b))}
         batches = {"rel": rel_b, "gen": gen_b, "loc": loc_b}
         pre = {name: _scores(model.params, cfg, b, hid[name], {}, first) for name, b in batches.items()}

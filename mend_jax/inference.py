@@ -9,16 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mend_jax.editing.batch import bucket as _bucket
 from mend_jax.errors import InputTooLongError
 from mend_jax.models import family_for
 
 
 def bucket(n: int, minimum: int = 16) -> int:
-    """Smallest power of two >= n (and >= minimum): the padded length used for jit shapes."""
-    b = minimum
-    while b < n:
-        b *= 2
-    return b
+    """Padded length used for jit shapes (the same buckets as edit batches)."""
+    return _bucket(n, minimum)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

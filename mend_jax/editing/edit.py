@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 
 from mend_jax.editing.editor import Editor

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from mend_jax.data import EditRecord, sample_training_loc
-from mend_jax.editing.batch import TokenBatch, encode_examples, stack_batches, tokenize_pair
+from mend_jax.editing.batch import encode_examples, stack_batches, tokenize_pair
 from mend_jax.errors import InputTooLongError, InvalidEditError
 from mend_jax.training.step import MetaBatch
 

@@ -16,7 +16,6 @@ input (no gradient) and reused by the pre- and post-edit passes.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax

@@ -7,14 +7,13 @@ Cache location: ``$MEND_JAX_CACHE`` or ``~/.cache/mend_jax``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
