@@ -80,16 +80,19 @@ class EditSession:
     # ------------------------------------------------------------------------------------------ editing
     def edit(self, prompts: Sequence[str], targets: Sequence[str]) -> EditRecord:
         """Apply ``len(prompts)`` edits at once (their factors summed) to the current model."""
-        from mend_jax.evaluation import _mend_edits, _scores, _hidden
+        from mend_jax.editing.batch import edit_row_bucket
+        from mend_jax.editing.edit import mend_edits
+        from mend_jax.evaluation import hidden_states, score_targets
         from mend_jax.models import layer_index
         cfg = self.model.config
         batch = jax.tree.map(jnp.asarray, encode_examples(self.model.tokenizer, list(prompts), list(targets),
                                                           max_length=cfg.max_position_embeddings))
-        edits = _mend_edits(self.editor, cfg, self.params, self.editor_params, self.editor_stats, batch)
+        edits = mend_edits(self.editor, cfg, self.params, self.editor_params, self.editor_stats, batch,
+                           rows=edit_row_bucket(batch))
         edits = compact(edits)  # what the journal stores is exactly what is applied (so replay is bitwise equal)
         self.params = apply_edits(self.params, edits)
         first = min(layer_index(n) for n in self.editor.spec.layers)
-        _, tok, exact = _scores(self.params, cfg, batch, _hidden(self.params, cfg, batch, first), {}, first)
+        _, tok, exact = score_targets(self.params, cfg, batch, hidden_states(self.params, cfg, batch, first), {}, first)
         rec = EditRecord(uuid.uuid4().hex[:12], list(prompts), list(targets), time.time(), self.editor_id, edits,
                          {"reliability_token": float(jnp.mean(tok)), "reliability_exact": float(jnp.mean(exact))})
         self.journal.append(rec)

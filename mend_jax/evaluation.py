@@ -19,10 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mend_jax.editing.batch import TokenBatch, encode_examples
-from mend_jax.editing.edit import compute_edits
+from mend_jax.editing.batch import TokenBatch, edit_row_bucket, encode_examples
+from mend_jax.editing.edit import mend_edits
 from mend_jax.editing.editor import Editor, stats_initialised
-from mend_jax.editing.factors import capture_factors
 from mend_jax.editing.losses import masked_nll, token_accuracy
 from mend_jax.errors import MendJaxError
 from mend_jax.models import LinearHooks, family_for, get_module, layer_index, replace_module
@@ -40,24 +39,18 @@ def _encode(tok, prompts, targets, max_len):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "first"))
-def _hidden(params, cfg, batch: TokenBatch, first: int):
+def hidden_states(params, cfg, batch: TokenBatch, first: int):
     return family_for(cfg).hidden_before(params, cfg, batch.input_ids, batch.attention_mask, first)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "first"))
-def _scores(params, cfg, batch: TokenBatch, hidden, edits, first: int):
+def score_targets(params, cfg, batch: TokenBatch, hidden, edits, first: int):
     """argmax ids [B,K] and (token acc, exact) vs targets, from a forward that resumes at block ``first``."""
     logits = family_for(cfg).forward(params, cfg, batch.input_ids, batch.attention_mask,
                                      hooks=LinearHooks(edits=edits), logits_at=batch.target_pos,
                                      first_layer=first, hidden=hidden)
     tok, exact = token_accuracy(logits, batch.target_ids, batch.target_mask)
     return jnp.argmax(logits, -1), tok, exact
-
-
-@functools.partial(jax.jit, static_argnames=("editor", "cfg"))
-def _mend_edits(editor: Editor, cfg, base_params, eparams, stats, batch: TokenBatch):
-    _, factors = capture_factors(base_params, cfg, batch, editor.spec.layers)
-    return compute_edits(editor, eparams, stats, factors)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layers", "steps", "lr"))
@@ -127,17 +120,18 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
         rel_b = edit_b
         gen_b = _encode(tok, rephr, targets, max_len)
         loc_b = _encode(tok, [r.loc_prompt for r in group], [r.loc_answer for r in group], max_len)
-        hid = {name: _hidden(model.params, cfg, b, first) for name, b in (("rel", rel_b), ("gen", gen_b), ("loc", loc_b))}
+        hid = {name: hidden_states(model.params, cfg, b, first) for name, b in (("rel", rel_b), ("gen", gen_b), ("loc", loc_b))}
         batches = {"rel": rel_b, "gen": gen_b, "loc": loc_b}
-        pre = {name: _scores(model.params, cfg, b, hid[name], {}, first) for name, b in batches.items()}
+        pre = {name: score_targets(model.params, cfg, b, hid[name], {}, first) for name, b in batches.items()}
         variants = {"unedited": (model.params, {})}
         if editor is not None:
-            variants["mend"] = (model.params, _mend_edits(editor, cfg, model.params, eparams, stats, edit_b))
+            variants["mend"] = (model.params, mend_edits(editor, cfg, model.params, eparams, stats, edit_b,
+                                                         rows=edit_row_bucket(edit_b)))
         if finetune_cfg:
             deltas = finetune(model.params, cfg, edit_b, tuple(layers), finetune_cfg.lr, finetune_cfg.steps)
             variants["finetune"] = (_dense_as_params(model.params, deltas), {})
         for m, (params, edits) in variants.items():
-            post = pre if m == "unedited" else {name: _scores(params, cfg, b, hid[name], edits, first)
+            post = pre if m == "unedited" else {name: score_targets(params, cfg, b, hid[name], edits, first)
                                                 for name, b in batches.items()}
             add(m, "reliability_token", post["rel"][1])
             add(m, "reliability_exact", post["rel"][2])

@@ -9,7 +9,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")

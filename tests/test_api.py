@@ -103,6 +103,7 @@ def test_journal_remove_then_replay_equals_the_other_edits(tiny_lm, tmp_path):
     s2 = session_for(tiny_lm)
     s2.load_journal(tmp_path / "j")
     s.revert(r1.id)
+    assert [r.id for r in s2.journal] == [r2.id]
     layers = s.editor.spec.layers
     for n in layers:
         np.testing.assert_array_equal(kernels(s2.params, layers)[n], kernels(s.params, layers)[n])

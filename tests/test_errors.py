@@ -37,7 +37,6 @@ def test_missing_and_corrupt_weight_files(tmp_path):
 
 
 def test_missing_tensor_and_wrong_shape(tmp_path):
-    import numpy as np
     from safetensors.numpy import load_file, save_file
     folder = tmp_path / "m"
     shutil.copytree(GOLDEN / "tiny_llama", folder)

@@ -1,5 +1,4 @@
 """Gradient factors against jax.grad, the identity transformation as a gradient step, low-rank vs materialised."""
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -161,3 +160,53 @@ def test_k_edits_at_once_sum_their_updates():
     e2 = compute_edits(editor, eparams, estate, capture_factors(params, cfg, b2, layers)[1])
     for n in layers:
         np.testing.assert_allclose(e_both[n].dense(), e1[n].dense() + e2[n].dense(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_editor_on_compacted_rows_gives_the_same_edit(name):
+    """``compute_edits(rows=edit_row_bucket(batch))`` runs the editor on the real rows only: same update, and the
+    bound always covers the rows that carry a factor."""
+    from mend_jax.editing import EditorConfig, edit_row_bucket, mend_editor
+    cfg = CONFIGS[name]
+    params = random_params(cfg)
+    short = make_batch(cfg, b=4, t=12)
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, 12)))  # noqa: E731  (bucketed shapes leave padding like this)
+    batch = TokenBatch(pad(short.input_ids), pad(short.attention_mask), short.target_pos, short.target_ids,
+                       short.target_mask)
+    layers = edit_layers(cfg)
+    fam = family_for(cfg)
+    editor = mend_editor(EditorSpec.from_model(fam.linear_layers(cfg), layers), EditorConfig(rank=8, init="xavier"))
+    eparams, estate = editor.init(jax.random.key(1))
+    _, factors = capture_factors(params, cfg, batch, layers)
+    rows = edit_row_bucket(batch, minimum=4)
+    assert rows < batch.input_ids.size
+    assert max(int(factors.mask[n].sum()) for n in layers) <= rows
+    full = compute_edits(editor, eparams, estate, factors)
+    compact = compute_edits(editor, eparams, estate, factors, rows=rows)
+    for n in layers:
+        np.testing.assert_allclose(compact[n].dense(), full[n].dense(), rtol=1e-5, atol=1e-7)
+    too_small = compute_edits(editor, eparams, estate, factors, rows=2)
+    assert all(np.isnan(np.asarray(too_small[n].dense())).all() for n in layers)
+
+
+def test_edited_kernels_only_change_edited_layers():
+    from mend_jax.editing import edited_kernels, with_kernels
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    batch = make_batch(cfg)
+    layers = edit_layers(cfg)
+    editor = identity_editor(EditorSpec.from_model(family_for(cfg).linear_layers(cfg), layers), edit_lr=0.1)
+    ep, es = editor.init(jax.random.key(0))
+    _, factors = capture_factors(params, cfg, batch, layers)
+    edits = compute_edits(editor, ep, es, factors)
+    kernels = jax.jit(edited_kernels)(params, edits)
+    assert sorted(kernels) == sorted(layers)
+    new = with_kernels(params, kernels)
+    edited = {id(get_module(new, n)["kernel"]) for n in layers}
+    for n in layers:
+        assert not np.array_equal(get_module(new, n)["kernel"], get_module(params, n)["kernel"])
+    old_leaves = dict(jax.tree_util.tree_leaves_with_path(params))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(new):
+        if id(leaf) not in edited:
+            assert leaf is old_leaves[path]  # shared, not copied
+    assert len(jax.tree.leaves(new)) == len(old_leaves)

@@ -10,12 +10,15 @@ update is ``einsum("ri,ro->io", u~, delta~)`` for all of them.
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 
+from mend_jax.editing.batch import TokenBatch
 from mend_jax.editing.editor import Editor
-from mend_jax.editing.factors import Factors
+from mend_jax.editing.factors import Factors, capture_factors
 from mend_jax.models import LowRankEdit, get_module, replace_module
 
 
@@ -26,29 +29,65 @@ def edit_rows(factors: Factors, name: str):
     return u.reshape(-1, u.shape[-1]), d.reshape(-1, d.shape[-1]), factors.mask[name].reshape(-1)
 
 
-def compute_edits(editor: Editor, params: Mapping, state: Mapping, factors: Factors) -> dict[str, LowRankEdit]:
+def compute_edits(editor: Editor, params: Mapping, state: Mapping, factors: Factors,
+                  rows: int | None = None) -> dict[str, LowRankEdit]:
     """Per edited layer, the low-rank update ``-alpha_l * sum_r u~_r^T delta~_r`` (rows of every example summed:
     k edits at once is simply more rows). Masked rows are zeroed *after* the editor (its bias and residual would
-    otherwise turn padding into garbage outer products)."""
+    otherwise turn padding into garbage outer products).
+
+    ``rows`` (static): run the editor only on the first ``rows`` unmasked rows of each layer, gathered into a
+    fixed-size buffer, instead of on every padded position (see :func:`mend_jax.editing.batch.edit_row_bucket`
+    for a bound that is always large enough). The result is the same; the editor's cost follows the real tokens."""
     edits = {}
     for i, name in enumerate(editor.spec.layers):
         u, d, m = edit_rows(factors, name)
+        if rows is not None and rows < m.shape[0]:
+            n_real = jnp.sum(m > 0)
+            (idx,) = jnp.nonzero(m > 0, size=rows, fill_value=0)
+            u, d, m = u[idx], d[idx], jnp.where(jnp.arange(rows) < n_real, m[idx], 0.0)
+            # a bound too small would silently drop rows: make that edit NaN (loud) instead
+            scale = jnp.where(n_real > rows, jnp.nan, -params["edit_lrs"][i])
+        else:
+            scale = -params["edit_lrs"][i]
         ut, dt = editor.apply(params["nets"], state, u, d, i)
-        edits[name] = LowRankEdit(a=ut * m[:, None], b=dt * m[:, None], scale=-params["edit_lrs"][i])
+        edits[name] = LowRankEdit(a=ut * m[:, None], b=dt * m[:, None], scale=scale)
     return edits
+
+
+@functools.partial(jax.jit, static_argnames=("editor", "cfg", "rows"))
+def mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapping, stats: Mapping, batch: TokenBatch,
+               rows: int | None = None) -> dict[str, LowRankEdit]:
+    """Factors of the edit ``batch`` (all its examples edited at once) and the editor's low-rank updates: one
+    forward+backward of the base model (down to the lowest edited block) and the editor on the real rows. Jitted
+    (the editor and the model config are static); ``rows`` as in :func:`compute_edits`."""
+    _, factors = capture_factors(base_params, cfg, batch, editor.spec.layers)
+    return compute_edits(editor, eparams, stats, factors, rows=rows)
+
+
+def edited_kernels(base_params: Mapping, edits: Mapping[str, LowRankEdit]) -> dict[str, jax.Array]:
+    """``kernel + Delta W`` of each edited layer only (in the kernel's dtype; the update is computed in f32).
+
+    Jit *this*, not :func:`apply_edits`: a jitted function returning the whole parameter tree writes a fresh copy
+    of every base weight (XLA outputs are new buffers), which costs more than the edit itself."""
+    out = {}
+    for name, e in edits.items():
+        k = get_module(base_params, name)["kernel"]
+        out[name] = (k.astype(jnp.float32) + e.dense()).astype(k.dtype)
+    return out
+
+
+def with_kernels(base_params: Mapping, kernels: Mapping[str, jax.Array]) -> dict:
+    """A new parameter pytree with the given kernels swapped in; every other array is shared, not copied."""
+    out = base_params
+    for name, k in kernels.items():
+        out = replace_module(out, name, {**get_module(out, name), "kernel": k})
+    return out
 
 
 def apply_edits(base_params: Mapping, edits: Mapping[str, LowRankEdit]) -> dict:
     """Materialised edit: a new parameter pytree with ``kernel + Delta W`` for each edited layer (the input tree
     is untouched; unedited arrays are shared, not copied)."""
-    out = base_params
-    for name, e in edits.items():
-        mod = get_module(out, name)
-        k = mod["kernel"]
-        new = dict(mod)
-        new["kernel"] = (k.astype(jnp.float32) + e.dense()).astype(k.dtype)
-        out = replace_module(out, name, new)
-    return out
+    return with_kernels(base_params, edited_kernels(base_params, edits))
 
 
 def merge_edits(*edit_sets: Mapping[str, LowRankEdit]) -> dict[str, LowRankEdit]:

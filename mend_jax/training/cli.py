@@ -41,6 +41,9 @@ def register(sub) -> None:
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
         elif f.name == "max_minutes":
             p.add_argument(flag, type=float, default=None)
+        elif f.name == "init_from":
+            p.add_argument(flag, default=None, help="warm start: the editor (not the optimizer state) of another "
+                                                   "run's best checkpoint, e.g. its --out folder")
         else:
             p.add_argument(flag, type=type(f.default), default=f.default)
     p.set_defaults(func=run)

@@ -48,6 +48,9 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     out: str = "runs/editor"
+    # warm start: editor parameters and statistics (not the optimizer state) of another run's best checkpoint;
+    # only read when --out holds no checkpoint yet
+    init_from: str | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -57,6 +60,7 @@ class TrainConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         d = dict(d)
         d.setdefault("train_loc", "other")  # runs saved before the option existed trained this way
+        d.setdefault("init_from", None)
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

@@ -76,6 +76,23 @@ def validate(eval_step, ts, base_params, val_batches) -> dict:
     return {f"val/{k}": v / total for k, v in sums.items()}
 
 
+def warm_start(ts: dict, source: str, model, editor) -> dict:
+    """Editor parameters and normalisation statistics from another run's best checkpoint; a fresh optimizer
+    state and step 0. The source must edit the same layers of the same base model with the same editor."""
+    from mend_jax.checkpoints import load_editor
+    src_editor, params, stats, meta = load_editor(source, model)
+    if tuple(src_editor.spec.layers) != tuple(editor.spec.layers):
+        raise CheckpointError(f"--init-from {source} edits {list(src_editor.spec.layers)}, this run edits "
+                              f"{list(editor.spec.layers)}")
+    want = jax.tree.map(lambda x: (x.shape, x.dtype), (ts["params"], ts["stats"]))
+    got = jax.tree.map(lambda x: (x.shape, x.dtype), (params, stats))
+    if want != got:
+        raise CheckpointError(f"--init-from {source} holds an editor of another shape (rank/n_hidden/sharing); "
+                              f"use the same editor options as that run")
+    print(f"warm start from {source} (its step {meta.get('step')})")
+    return {**ts, "params": params, "stats": stats}
+
+
 def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     from tqdm import tqdm
     from mend_jax.weights import load_model
@@ -117,6 +134,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         best, since_best = meta.get("best", math.inf), meta.get("since_best", 0)
         _truncate_log(log_path, int(ts["step"]))
         print(f"resumed from step {int(ts['step'])} in {out}")
+    elif cfg.init_from:
+        ts = warm_start(ts, cfg.init_from, model, editor)
     start = int(ts["step"])
 
     def meta_dict(step, val=None):
