@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Dev evaluation of a trained editor (the numbers in the closing notes / experiments/results).
-# Usage: bash experiments/dev_eval.sh runs/zsre_cf FT_LR [N_ZSRE] [N_CF] [N_ZSRE_10]
+# Usage: TAG=run2 bash experiments/dev_eval.sh runs/zsre_cf FT_LR [N_ZSRE] [N_CF] [N_ZSRE_10]
+# writes experiments/results/${TAG}_eval_*.json
 # FT_LR: the fine-tuning baseline's learning rate, tuned with experiments/tune_finetune.py on dev records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,10 +11,11 @@ NZ=${3:-500}; NC=${4:-500}; NZ10=${5:-500}
 DATA=${MEND_JAX_DATA_DIR:-../shared/data}
 M=.venv/bin/mend-jax
 OUT=experiments/results
+TAG=${TAG:?TAG=name of the run, prefixes the result files}
 mkdir -p "$OUT"
 $M eval --editor "$RUN" --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ" \
-  --finetune-lr "$FT_LR" --json "$OUT/eval_zsre_dev_single.json"
+  --finetune-lr "$FT_LR" --json "$OUT/${TAG}_eval_zsre_dev_single.json"
 $M eval --editor "$RUN" --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ10" \
-  --edits-at-once 10 --no-finetune --json "$OUT/eval_zsre_dev_10at_once.json"
+  --edits-at-once 10 --no-finetune --json "$OUT/${TAG}_eval_zsre_dev_10at_once.json"
 $M eval --editor "$RUN" --data counterfact --file "$DATA/counterfact/counterfact-val.json" --records "0:$NC" \
-  --finetune-lr "$FT_LR" --json "$OUT/eval_counterfact_dev_single.json"
+  --finetune-lr "$FT_LR" --json "$OUT/${TAG}_eval_counterfact_dev_single.json"

@@ -83,19 +83,33 @@ class EditorCheckpoints:
         return self.latest.latest_step()
 
     def restore(self, abstract_state: Mapping, step: int | None = None, which: str = "latest"):
+        """``(train_state, meta)`` restored into ``abstract_state``'s shapes, dtypes and shardings (so a state
+        placed on another mesh restores straight into it). An editor-only checkpoint (:func:`save_editor`) has
+        no optimizer state: ``opt_state`` comes back as ``abstract_state``'s own."""
         mgr = self.latest if which == "latest" else self.best
         step = mgr.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no finalized checkpoint in {self.directory / which}")
         abstract = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, dict(abstract_state))
+        A = self.ocp.args
+        with_opt = (self.directory / which / str(step) / "opt_state").is_dir()
+        items = dict(params=A.StandardRestore(abstract["params"]), stats=A.StandardRestore(abstract["stats"]),
+                     meta=A.JsonRestore())
+        if with_opt:
+            items["opt_state"] = A.StandardRestore(abstract["opt_state"])
         try:
-            r = mgr.restore(step, args=self._args(abstract, {}, False))
+            r = mgr.restore(step, args=A.Composite(**items))
         except FileNotFoundError as e:
             raise CheckpointError(f"checkpoint step {step} not found in {self.directory / which}") from e
         except ValueError as e:
             raise CheckpointError(f"checkpoint in {self.directory / which} (step {step}) does not match this "
                                   f"editor's structure ({str(e)[:300]})") from e
-        state = {"params": r.params, "stats": r.stats, "opt_state": r.opt_state,
+        except Exception as e:  # noqa: BLE001  (tensorstore/zarr errors of cut or foreign files have many types)
+            raise CheckpointError(f"checkpoint in {self.directory / which} (step {step}) could not be read "
+                                  f"({type(e).__name__}: {str(e)[:200]}); it may be truncated or not written by "
+                                  f"mend-jax. Use another step or --which, or retrain") from e
+        state = {"params": r.params, "stats": r.stats,
+                 "opt_state": r.opt_state if with_opt else abstract_state["opt_state"],
                  "step": np.asarray(step, np.int32)}
         return state, dict(r.meta)
 
@@ -103,6 +117,33 @@ class EditorCheckpoints:
         self.wait()
         self.latest.close()
         self.best.close()
+
+
+def save_editor(source: str | Path, out: str | Path, model, which: str = "best") -> Path:
+    """Write what editing needs (editor parameters, normalisation statistics, metadata; no optimizer state, no
+    base weights) of a training run's checkpoint as a new editor folder that ``load_editor`` and every command
+    taking ``--editor`` read. About a third of the training checkpoint (Adam keeps two moments per parameter)."""
+    import orbax.checkpoint as ocp
+    editor, params, stats, meta = load_editor(source, model, which)
+    out = Path(out)
+    if (out / "checkpoints").exists():
+        raise CheckpointError(f"{out} already holds an editor; choose another --out (nothing was written)")
+    step = int(meta.get("step", 0))
+    meta = dict(meta, saved_from=f"{Path(source).resolve()}@{which}:{step}", editor_only=True)
+    names = ("params", "stats", "meta")
+    for sub in ("best", "latest"):
+        mgr = ocp.CheckpointManager(out.resolve() / "checkpoints" / sub, item_names=names,
+                                    options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                                         enable_async_checkpointing=False))
+        mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                               stats=ocp.args.StandardSave(stats), meta=ocp.args.JsonSave(meta)))
+        mgr.wait_until_finished()
+        mgr.close()
+    return out
+
+
+def folder_bytes(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def read_meta(directory: str | Path, which: str = "best") -> tuple[int, dict]:

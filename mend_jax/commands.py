@@ -48,6 +48,21 @@ def register(sub) -> None:
     x.add_argument("--out", required=True)
     x.set_defaults(func=cmd_export)
 
+    v = sub.add_parser("save-editor", help="save a run's editor for editing only (parameters + statistics, no "
+                                           "optimizer state, never base weights) as a new --editor folder")
+    v.add_argument("--editor", required=True, help="--out folder of `mend-jax train`")
+    v.add_argument("--which", default="best", choices=["best", "latest"])
+    v.add_argument("--model", default=None)
+    v.add_argument("--out", required=True)
+    v.set_defaults(func=cmd_save_editor)
+
+    i = sub.add_parser("inspect", help="load an editor against its base model (fingerprint check) and print its "
+                                       "step, layers and size on disk beside the base model's")
+    i.add_argument("--editor", required=True)
+    i.add_argument("--which", default="best", choices=["best", "latest"])
+    i.add_argument("--model", default=None)
+    i.set_defaults(func=cmd_inspect)
+
     m = sub.add_parser("demo", help="train a small editor on the shipped demo facts for a few minutes, then edit")
     m.add_argument("--model", default="smollm2-135m")
     m.add_argument("--out", default="runs/demo")
@@ -137,6 +152,34 @@ def cmd_demo(args) -> int:
     from mend_jax.data import load_records
     rec = load_records("demo", records="100:101")[0]
     show_edit(model, editor, params, stats, rec.prompt, rec.target, rec.rephrases[0], rec.loc_prompt, 6)
+    return 0
+
+
+def cmd_save_editor(args) -> int:
+    from mend_jax.checkpoints import folder_bytes, save_editor
+    model, *_ = _load(args, args.editor)
+    out = save_editor(args.editor, args.out, model, which=args.which)
+    print(f"saved the editor of {args.editor} ({args.which}) to {out}: {folder_bytes(out) / 1e6:.1f} MB")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import jax
+    from mend_jax.checkpoints import folder_bytes, read_meta
+    model, editor, params, stats, _ = _load(args, args.editor)
+    ckdir = Path(args.editor) / "checkpoints"
+    step, meta = read_meta(ckdir if ckdir.is_dir() else Path(args.editor), args.which)
+    step_dir = (ckdir if ckdir.is_dir() else Path(args.editor)) / args.which / str(step)
+    base_files = [p for p in Path(model.folder).iterdir() if p.suffix in (".safetensors", ".bin", ".gguf")]
+    base_bytes = sum(p.stat().st_size for p in base_files)
+    info = {"editor": str(args.editor), "which": args.which, "step": step, "base_model": model.name,
+            "edited_layers": list(editor.spec.layers), "editor_config": meta.get("editor_config"),
+            "editor_param_bytes": int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))),
+            "checkpoint_step_bytes_on_disk": folder_bytes(step_dir),
+            "checkpoint_items": sorted(p.name for p in step_dir.iterdir() if p.is_dir()),
+            "base_model_bytes_on_disk": base_bytes, "base_model_files": [str(p) for p in base_files]}
+    info["checkpoint_over_base"] = info["checkpoint_step_bytes_on_disk"] / max(base_bytes, 1)
+    print(json.dumps(info, indent=2))
     return 0
 
 

@@ -102,3 +102,53 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_lm, tmp_path):
         np.testing.assert_array_equal(x, y)  # bitwise, on CPU
     rows = [json.loads(r)["step"] for r in log.read_text().splitlines()]
     assert rows == list(range(1, 11))  # the log has no duplicate or missing step
+
+
+def test_editor_only_save_is_smaller_and_loads_to_the_same_editor(tiny_lm, tmp_path):
+    """``mend-jax save-editor``: parameters + statistics + metadata (no Adam moments, no base weights) in a new
+    folder that ``load_editor`` reads back to the same arrays; refuses to overwrite an existing editor."""
+    from mend_jax.checkpoints import folder_bytes, save_editor
+    editor = small_editor(tiny_lm)
+    tx = make_optimizer(1e-3, 1e-3, 1.0)
+    ts = init_train_state(editor, tx, jax.random.key(3))
+    ts["params"] = jax.tree.map(lambda x: x + 0.25, ts["params"])
+    ck = EditorCheckpoints(tmp_path / "run" / "checkpoints")
+    meta = {"step": 5, "fingerprint": model_fingerprint(tiny_lm, editor.spec.layers),
+            "editor_layers": list(editor.spec.layers), "editor_config": editor.config.__dict__,
+            "config": {"model": "tiny", "lr": 1e-3, "lr_lr": 1e-3, "grad_clip": 1.0}}
+    ck.save(5, ts, meta, best=True)
+    ck.close()
+    out = save_editor(tmp_path / "run", tmp_path / "small", tiny_lm)
+    _, params, stats, meta2 = load_editor(out, tiny_lm)
+    for a, b in zip(jax.tree.leaves((ts["params"], ts["stats"])), jax.tree.leaves((params, stats))):
+        np.testing.assert_array_equal(a, b)
+    assert meta2["editor_only"] and meta2["step"] == 5
+    full = folder_bytes(tmp_path / "run" / "checkpoints" / "best")
+    small = folder_bytes(tmp_path / "small" / "checkpoints" / "best")
+    assert small < 0.6 * full
+    before = folder_bytes(out)
+    with pytest.raises(CheckpointError, match="already holds an editor"):
+        save_editor(tmp_path / "run", out, tiny_lm)
+    assert folder_bytes(out) == before  # nothing damaged
+
+
+def test_truncated_checkpoint_is_refused_and_left_alone(tiny_lm, tmp_path):
+    """A step whose array files were cut short (a copy interrupted outside Orbax) fails with CheckpointError,
+    not a crash or garbage; the folder is not modified."""
+    editor = small_editor(tiny_lm)
+    tx = make_optimizer(1e-3, 1e-3, 1.0)
+    ts = init_train_state(editor, tx, jax.random.key(3))
+    ck = EditorCheckpoints(tmp_path / "ck", async_save=False)
+    ck.save(1, ts, {"step": 1})
+    ck.close()
+    files = [p for p in (tmp_path / "ck" / "latest" / "1" / "params").rglob("*") if p.is_file()
+             and p.stat().st_size > 1000]
+    assert files
+    for p in files:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    snapshot = {p: p.stat().st_size for p in (tmp_path / "ck").rglob("*") if p.is_file()}
+    ck = EditorCheckpoints(tmp_path / "ck", async_save=False)
+    with pytest.raises(CheckpointError):
+        ck.restore(jax.eval_shape(lambda: init_train_state(editor, tx, jax.random.key(0))))
+    ck.close()
+    assert snapshot == {p: p.stat().st_size for p in (tmp_path / "ck").rglob("*") if p.is_file()}

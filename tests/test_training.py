@@ -1,10 +1,12 @@
 """The meta-training step and the evaluation on a tiny random model with SmolLM2's tokenizer."""
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from mend_jax.data import load_records
-from mend_jax.editing import EditorConfig, EditorSpec, identity_editor, mend_editor
+from mend_jax.editing import EditorConfig, EditorSpec, capture_factors, identity_editor, mend_editor
 from mend_jax.evaluation import FineTuneConfig, evaluate
 from mend_jax.training.batches import DataOrder, Shapes, filter_records, training_batch
 from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
@@ -95,3 +97,59 @@ def test_training_locality_modes(tiny_lm):
     assert mixed == {True, False}
     with pytest.raises(ValueError, match="train_loc"):
         problem_for(records, i, np.random.default_rng(0), train=True, train_loc="bogus")
+
+
+def _tiny_cfg(out, steps, mesh=None):
+    from mend_jax.training.config import TrainConfig
+    return TrainConfig(model="tiny", data=("demo",), train_records="0:40", dev_data="demo", dev_records="100:108",
+                       rank=8, edit_blocks=2, steps=steps, edits_per_step=8, lr=1e-3, lr_lr=1e-4, edit_lr_init=1e-3,
+                       seq_len=16, target_len=4, loc_len=16, val_every=100, val_size=8, ckpt_every=1, out=str(out),
+                       mesh=mesh)
+
+
+def test_training_on_a_mesh_matches_one_device_and_resumes_onto_another_mesh(tiny_lm, tmp_path):
+    """``mend-jax train --mesh``: a run on a 2x2x2 mesh of (fake) devices, checkpointed and resumed on a 1x4x2
+    mesh (Orbax restores straight into the new shardings), ends where the one-device run does. Tolerance 1e-4
+    relative for the statistics (sharded reductions sum in another order, f32). The editor parameters get the same
+    check on 98% of their elements; the rest may differ by up to 2 * lr per step, because Adam turns a gradient at
+    rounding level into a full +-lr step whose sign the summation order decides."""
+    from mend_jax.checkpoints import load_editor
+    from mend_jax.training.loop import train
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (fake) devices")
+    train(_tiny_cfg(tmp_path / "one", 4), model=tiny_lm, progress=False)
+    train(_tiny_cfg(tmp_path / "moved", 2, mesh="2,2,2"), model=tiny_lm, progress=False)
+    summary = train(_tiny_cfg(tmp_path / "moved", 4, mesh="1,4,2"), model=tiny_lm, progress=False)
+    assert summary["steps"] == 4
+    _, ref, ref_stats, _ = load_editor(tmp_path / "one", tiny_lm, which="latest")
+    _, p, st, meta = load_editor(tmp_path / "moved", tiny_lm, which="latest")
+    assert meta["step"] == 4
+    for a, b in zip(jax.tree.leaves(ref_stats), jax.tree.leaves(st)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(ref)])
+    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(p)])
+    close = np.isclose(b, a, rtol=1e-4, atol=1e-6)
+    assert close.mean() > 0.98, f"{(~close).sum()} of {close.size} editor parameters differ"
+    assert np.abs(b - a).max() <= 2 * 1e-3 * 4
+    rows = [json.loads(r)["step"] for r in (tmp_path / "moved" / "log.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3, 4]
+
+
+def test_problems_of_several_edits_at_once(tiny_lm):
+    """``edits_per_problem=k``: each problem applies k edits at once (one summed update) and is trained on their k
+    rephrases and k locality inputs; the data order is the one-edit order read k at a time."""
+    editor, records = setup(tiny_lm)
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    step = make_train_step(editor, tiny_lm.config, tx, donate=False)
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    order = DataOrder(len(records), seed=0)
+    batch = training_batch(tiny_lm.tokenizer, records, order, 1, 2, SHAPES, 128, edits_per_problem=3)
+    assert batch.edit.input_ids.shape == (2, 3, SHAPES.seq_len)
+    single = training_batch(tiny_lm.tokenizer, records, order, 0, 12, SHAPES, 128)
+    np.testing.assert_array_equal(batch.edit.input_ids.reshape(6, -1), single.edit.input_ids[6:12, 0])
+    ts2, metrics = step(ts, tiny_lm.params, batch)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    # the stats saw the rows of all 2 x 3 edits
+    _, f1 = jax.vmap(lambda b: capture_factors(tiny_lm.params, tiny_lm.config, b, editor.spec.layers))(batch.edit)
+    name = editor.spec.layers[0]
+    assert float(ts2["stats"][editor.spec.net_key(0)]["u"]["count"]) >= float(f1.mask[name].sum())

@@ -98,13 +98,20 @@ def filter_records(tokenizer, records: Sequence[EditRecord], shapes: Shapes, tra
 
 
 def encode_problems(tokenizer, problems: Sequence[Problem], shapes: Shapes, max_length: int) -> MetaBatch:
-    """N problems -> MetaBatch with fields [N, 1, ...]."""
+    """N problems of one edit each -> MetaBatch with fields [N, 1, ...]."""
+    return encode_problem_groups(tokenizer, [[p] for p in problems], shapes, max_length)
+
+
+def encode_problem_groups(tokenizer, groups: Sequence[Sequence[Problem]], shapes: Shapes,
+                          max_length: int) -> MetaBatch:
+    """N problems of k edits each (applied at once: their factors are summed into one update) -> MetaBatch with
+    fields [N, k, ...]; the edit loss averages over the k rephrases, the locality KL over the k locality inputs."""
     def one(prompts, targets, seq):
         return encode_examples(tokenizer, prompts, targets, max_length=max_length, seq_len=seq,
                                target_len=shapes.target_len)
-    edit = stack_batches([one([p.prompt], [p.target], shapes.seq_len) for p in problems])
-    equiv = stack_batches([one([p.equiv_prompt], [p.target], shapes.seq_len) for p in problems])
-    loc = stack_batches([one([p.loc_prompt], [p.loc_answer], shapes.loc_len) for p in problems])
+    edit = stack_batches([one([p.prompt for p in g], [p.target for p in g], shapes.seq_len) for g in groups])
+    equiv = stack_batches([one([p.equiv_prompt for p in g], [p.target for p in g], shapes.seq_len) for g in groups])
+    loc = stack_batches([one([p.loc_prompt for p in g], [p.loc_answer for p in g], shapes.loc_len) for g in groups])
     return MetaBatch(edit, equiv, loc)
 
 
@@ -130,21 +137,34 @@ class DataOrder:
 
 
 def training_batch(tokenizer, records, order: DataOrder, step: int, n: int, shapes: Shapes,
-                   max_length: int, train_loc: str = "other", own_loc_ok: frozenset[int] | None = None) -> MetaBatch:
-    problems = [problem_for(records, order.record(g), order.rng(g), train=True, train_loc=train_loc,
-                            own_loc_ok=own_loc_ok) for g in range(step * n, step * n + n)]
-    return encode_problems(tokenizer, problems, shapes, max_length)
+                   max_length: int, train_loc: str = "other", own_loc_ok: frozenset[int] | None = None,
+                   problems: slice | None = None, edits_per_problem: int = 1) -> MetaBatch:
+    """The ``n`` problems of ``step`` (or only those in ``problems``, a slice of them: one process's share), each
+    of ``edits_per_problem`` edits applied at once (MEND's batched editing). Example ``g`` of the run is the
+    ``g``-th of the data order, so one edit per problem gives the same examples whatever the slicing."""
+    sl = problems or slice(0, n)
+    k = edits_per_problem
+    groups = [[problem_for(records, order.record(g), order.rng(g), train=True, train_loc=train_loc,
+                           own_loc_ok=own_loc_ok) for g in range((step * n + j) * k, (step * n + j + 1) * k)]
+              for j in range(sl.start, sl.stop)]
+    return encode_problem_groups(tokenizer, groups, shapes, max_length)
 
 
-def validation_batches(tokenizer, records, n: int, shapes: Shapes, max_length: int, seed: int):
-    """Fixed validation problems (the same every time), in batches of ``n`` (last one padded by repetition)."""
+def validation_batches(tokenizer, records, n: int, shapes: Shapes, max_length: int, seed: int,
+                       edits_per_problem: int = 1):
+    """Fixed validation problems (the same every time) of ``edits_per_problem`` consecutive records each, in
+    batches of ``n`` problems (the last one padded by repetition, with weight 0)."""
+    k = edits_per_problem
     problems = [problem_for(records, i, np.random.default_rng([seed, 13, i]), train=False)
-                for i in range(len(records))]
+                for i in range(len(records) - len(records) % k)]
+    groups = [problems[i:i + k] for i in range(0, len(problems), k)]
+    if not groups:
+        raise InvalidEditError(f"validation needs at least {k} dev records (edits per problem)")
     out = []
-    for s in range(0, len(problems), n):
-        chunk = problems[s:s + n]
+    for s in range(0, len(groups), n):
+        chunk = groups[s:s + n]
         weight = np.zeros(n, np.float32)
         weight[: len(chunk)] = 1
         chunk = chunk + [chunk[-1]] * (n - len(chunk))
-        out.append((encode_problems(tokenizer, chunk, shapes, max_length), weight))
+        out.append((encode_problem_groups(tokenizer, chunk, shapes, max_length), weight))
     return out

@@ -41,6 +41,13 @@ def register(sub) -> None:
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
         elif f.name == "max_minutes":
             p.add_argument(flag, type=float, default=None)
+        elif f.name == "base_dtype":
+            p.add_argument(flag, choices=["float32", "bfloat16"], default=f.default,
+                           help="base model weights in memory (the editor always computes in float32)")
+        elif f.name == "mesh":
+            p.add_argument(flag, default=None, help="spread the base model over a device mesh: data,fsdp,tensor "
+                                                   "sizes (e.g. 1,4,2) or 'auto'; on several hosts, start the same "
+                                                   "command on every host (see tpu_scripts/)")
         elif f.name == "init_from":
             p.add_argument(flag, default=None, help="warm start: the editor (not the optimizer state) of another "
                                                    "run's best checkpoint, e.g. its --out folder")

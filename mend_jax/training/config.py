@@ -30,6 +30,7 @@ class TrainConfig:
     # optimisation
     steps: int = 2000
     edits_per_step: int = 8  # independent edit problems per optimizer step (paper: 10 via accumulation)
+    edits_per_problem: int = 1  # edits applied at once in each problem (train for batched editing with k > 1)
     lr: float = 1e-5  # editor nets (paper 1e-6)
     lr_lr: float = 1e-5  # step sizes (paper 1e-4, but in effect 1e-6 in the original code)
     edit_lr_init: float = 1e-4  # alpha_0 > 0 with W~ = W - alpha * update: first edits descend
@@ -48,6 +49,10 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     out: str = "runs/editor"
+    # base model weights: "float32", or "bfloat16" for large models (the editor and its math stay float32)
+    base_dtype: str = "float32"
+    # device mesh "data,fsdp,tensor" (e.g. "1,4,2"), "auto", or None for one device; a run may resume on another
+    mesh: str | None = None
     # warm start: editor parameters and statistics (not the optimizer state) of another run's best checkpoint;
     # only read when --out holds no checkpoint yet
     init_from: str | None = None
@@ -61,6 +66,9 @@ class TrainConfig:
         d = dict(d)
         d.setdefault("train_loc", "other")  # runs saved before the option existed trained this way
         d.setdefault("init_from", None)
+        d.setdefault("mesh", None)
+        d.setdefault("edits_per_problem", 1)
+        d.setdefault("base_dtype", "float32")
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

@@ -52,6 +52,84 @@ def load_training_data(tokenizer, cfg: TrainConfig, shapes: Shapes):
     return records, dev[: cfg.val_size]
 
 
+class Placement:
+    """Where the run's arrays live: one device (``mesh=None``), or a ``data x fsdp x tensor`` mesh over every
+    device of every host (``mend_jax.sharding``): the base model in its parameter shardings (placed while loading),
+    the train state in ``sharded_steps.train_state_shardings``, each ``MetaBatch`` split on its problem axis, with
+    every process encoding only its own problems. Process 0 logs; all processes save and restore checkpoints."""
+
+    def __init__(self, mesh=None):
+        self.mesh = mesh
+        self.main = jax.process_index() == 0
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig) -> "Placement":
+        if not cfg.mesh:
+            return cls(None)
+        from mend_jax import sharding as shd
+        shd.initialize_distributed()
+        shape = shd.auto_mesh_shape(len(jax.devices())) if cfg.mesh == "auto" else cfg.mesh.replace(",", "x")
+        return cls(shd.make_mesh(shape))
+
+    def log(self, *args) -> None:
+        if self.main:
+            print(*args)
+
+    @property
+    def loader_shardings(self):
+        from mend_jax import sharding as shd
+        return None if self.mesh is None else shd.loader_shardings(self.mesh)
+
+    @property
+    def replicated(self):
+        from mend_jax import sharding as shd
+        return None if self.mesh is None else shd.replicated(self.mesh)
+
+    def model(self, model):
+        """A model loaded elsewhere (tests, notebooks), moved into this mesh's parameter shardings."""
+        if self.mesh is None:
+            return model
+        import dataclasses
+        from mend_jax import sharding as shd
+        sh = shd.param_shardings(model.config, self.mesh)
+        return dataclasses.replace(model, params=shd.shard_params(model.params, sh))
+
+    def train_step(self, editor, cfg, tx, hp, n_problems: int):
+        if self.mesh is None:
+            return make_train_step(editor, cfg, tx, hp)
+        from mend_jax.sharded_steps import sharded_train_step
+        return sharded_train_step(editor, cfg, tx, self.mesh, n_problems=n_problems, hp=hp)
+
+    def eval_step(self, editor, cfg, hp):
+        if self.mesh is None:
+            return make_eval_step(editor, cfg, hp)
+        from mend_jax.sharded_steps import constrain_editor
+        return make_eval_step(constrain_editor(editor, self.mesh), cfg, hp, out_shardings=self.replicated)
+
+    def train_state(self, ts: dict, editor, cfg, tx) -> dict:
+        if self.mesh is None:
+            return ts
+        from mend_jax.sharded_steps import place_train_state, train_state_shardings
+        return place_train_state(ts, train_state_shardings(editor, cfg, tx, self.mesh))
+
+    def rows(self, n_problems: int) -> slice:
+        """The problems of each step that this process encodes."""
+        if self.mesh is None:
+            return slice(0, n_problems)
+        from mend_jax import sharding as shd
+        return shd.process_batch_slice(n_problems)
+
+    def batch(self, local, n_problems: int):
+        """This process's problems (all of them on one host) -> global arrays split on the problem axis."""
+        if self.mesh is None:
+            return local
+        from mend_jax import sharding as shd
+        from mend_jax.sharded_steps import meta_batch_shardings
+        if jax.tree.leaves(local)[0].shape[0] == n_problems and jax.process_count() > 1:
+            local = jax.tree.map(lambda x: x[self.rows(n_problems)], local)  # validation: built whole
+        return shd.global_batch_from_process_rows(local, meta_batch_shardings(self.mesh, n_problems), n_problems)
+
+
 def _log(path: Path, row: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -89,7 +167,8 @@ def warm_start(ts: dict, source: str, model, editor) -> dict:
     if want != got:
         raise CheckpointError(f"--init-from {source} holds an editor of another shape (rank/n_hidden/sharing); "
                               f"use the same editor options as that run")
-    print(f"warm start from {source} (its step {meta.get('step')})")
+    if jax.process_index() == 0:
+        print(f"warm start from {source} (its step {meta.get('step')})")
     return {**ts, "params": params, "stats": stats}
 
 
@@ -102,15 +181,21 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     cfg_path = out / "train_config.json"
     if cfg_path.is_file():
         saved = TrainConfig.from_json(json.loads(cfg_path.read_text()))
-        same = {k: v for k, v in saved.to_json().items() if k not in ("steps", "max_minutes", "patience")}
-        now = {k: v for k, v in cfg.to_json().items() if k not in ("steps", "max_minutes", "patience")}
+        free = ("steps", "max_minutes", "patience", "mesh")  # may change between a run and its resumption
+        same = {k: v for k, v in saved.to_json().items() if k not in free}
+        now = {k: v for k, v in cfg.to_json().items() if k not in free}
         if same != now:
             diff = [k for k in now if now[k] != same.get(k)]
             raise CheckpointError(f"{out} holds a run with another configuration (differs in {diff}); "
                                   f"use another --out or the same options")
-    cfg.save(cfg_path)
+    placement = Placement.for_config(cfg)
+    progress = progress and placement.main
+    if placement.main:
+        cfg.save(cfg_path)
 
-    model = model or load_model(cfg.model, progress=progress)
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.base_dtype]
+    model = placement.model(model or load_model(cfg.model, progress=progress, dtype=dtype,
+                                                shardings=placement.loader_shardings))
     shapes = Shapes(cfg.seq_len, cfg.target_len, cfg.loc_len)
     editor, ecfg = build_editor(model, cfg)
     records, dev = load_training_data(model.tokenizer, cfg, shapes)
@@ -118,24 +203,25 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     own_ok = own_loc_fits(model.tokenizer, records, shapes)
     tx = make_optimizer(cfg.lr, cfg.lr_lr, cfg.grad_clip)
     hp = StepHParams(cfg.c_edit, cfg.c_loc)
-    step_fn = make_train_step(editor, model.config, tx, hp)
-    eval_fn = make_eval_step(editor, model.config, hp)
+    step_fn = placement.train_step(editor, model.config, tx, hp, cfg.edits_per_step)
+    eval_fn = placement.eval_step(editor, model.config, hp)
     fingerprint = model_fingerprint(model, editor.spec.layers)
     ckpt = EditorCheckpoints(out / "checkpoints")
     log_path = out / "log.jsonl"
 
-    ts = init_train_state(editor, tx, jax.random.key(cfg.seed))
+    ts = placement.train_state(init_train_state(editor, tx, jax.random.key(cfg.seed)), editor, model.config, tx)
     best = math.inf
     since_best = 0
     if ckpt.latest_step() is not None:
-        ts, meta = ckpt.restore(ts)
+        ts, meta = ckpt.restore(ts)  # restored straight into ``ts``'s shardings (this run's mesh)
         check_fingerprint(meta["fingerprint"], fingerprint, str(out))
         ts["step"] = jnp.asarray(ts["step"], jnp.int32)
         best, since_best = meta.get("best", math.inf), meta.get("since_best", 0)
-        _truncate_log(log_path, int(ts["step"]))
-        print(f"resumed from step {int(ts['step'])} in {out}")
+        if placement.main:
+            _truncate_log(log_path, int(ts["step"]))
+        placement.log(f"resumed from step {int(ts['step'])} in {out}")
     elif cfg.init_from:
-        ts = warm_start(ts, cfg.init_from, model, editor)
+        ts = placement.train_state(warm_start(ts, cfg.init_from, model, editor), editor, model.config, tx)
     start = int(ts["step"])
 
     def meta_dict(step, val=None):
@@ -143,8 +229,9 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                 "editor_layers": list(editor.spec.layers), "fingerprint": fingerprint, "best": best,
                 "since_best": since_best, "val": val or {}, "n_train_records": len(records)}
 
-    vbatches = validation_batches(model.tokenizer, dev, cfg.edits_per_step, shapes, model.config.max_position_embeddings,
-                                  cfg.seed)
+    vbatches = [(placement.batch(b, cfg.edits_per_step), w) for b, w in
+                validation_batches(model.tokenizer, dev, cfg.edits_per_step, shapes,
+                                   model.config.max_position_embeddings, cfg.seed, cfg.edits_per_problem)]
     t0 = time.time()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="meta-training", unit="step")
     step = start
@@ -152,8 +239,10 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     limit_t0 = None
     stopped = "steps"
     while step < cfg.steps:
-        batch = training_batch(model.tokenizer, records, order, step, cfg.edits_per_step, shapes,
-                               model.config.max_position_embeddings, cfg.train_loc, own_ok)
+        batch = placement.batch(training_batch(model.tokenizer, records, order, step, cfg.edits_per_step, shapes,
+                                               model.config.max_position_embeddings, cfg.train_loc, own_ok,
+                                               problems=placement.rows(cfg.edits_per_step),
+                                               edits_per_problem=cfg.edits_per_problem), cfg.edits_per_step)
         ts, metrics = step_fn(ts, model.params, batch)
         step += 1
         bar.update(1)
@@ -176,7 +265,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         elif step % cfg.ckpt_every == 0:
             ckpt.save(step, ts, meta_dict(step))
             last_saved = step
-        _log(log_path, row)
+        if placement.main:
+            _log(log_path, row)
         if stopped != "steps":
             break
         if limit_t0 is None:
@@ -190,5 +280,6 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     ckpt.close()
     summary = {"steps": step, "stopped": stopped, "best_val_loss": best if math.isfinite(best) else None, "minutes": (time.time() - t0) / 60,
                "n_train_records": len(records), "out": str(out)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if placement.main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -141,11 +141,12 @@ def make_train_step(editor: Editor, cfg, tx, hp: StepHParams = StepHParams(), do
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
-def make_eval_step(editor: Editor, cfg, hp: StepHParams = StepHParams()):
-    """Per-problem validation losses/metrics [N] of a MetaBatch with frozen statistics (eval mode). Jitted."""
+def make_eval_step(editor: Editor, cfg, hp: StepHParams = StepHParams(), out_shardings=None):
+    """Per-problem validation losses/metrics [N] of a MetaBatch with frozen statistics (eval mode). Jitted
+    (``out_shardings``: e.g. replicated on a multi-host mesh, so every process can read the metrics)."""
 
     def evaluate(eparams, stats, base_params, batch: MetaBatch):
         _, loss_fn = meta_forward(editor, cfg, hp, base_params, eparams, stats, batch, update_stats=False)
         return loss_fn(eparams)[1][1]
 
-    return jax.jit(evaluate)
+    return jax.jit(evaluate) if out_shardings is None else jax.jit(evaluate, out_shardings=out_shardings)
