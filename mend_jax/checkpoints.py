@@ -131,7 +131,7 @@ def save_editor(source: str | Path, out: str | Path, model, which: str = "best")
     step = int(meta.get("step", 0))
     meta = dict(meta, saved_from=f"{Path(source).resolve()}@{which}:{step}", editor_only=True)
     names = ("params", "stats", "meta")
-    for sub in ("best", "latest"):
+    for sub in ("best",):  # one copy; ``--which latest`` reads it too (see load_editor)
         mgr = ocp.CheckpointManager(out.resolve() / "checkpoints" / sub, item_names=names,
                                     options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                                                          enable_async_checkpointing=False))
@@ -142,6 +142,10 @@ def save_editor(source: str | Path, out: str | Path, model, which: str = "best")
     return out
 
 
+def _has_steps(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.isdigit() and (p / "meta").exists() for p in folder.iterdir())
+
+
 def folder_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -149,6 +153,8 @@ def folder_bytes(path: str | Path) -> int:
 def read_meta(directory: str | Path, which: str = "best") -> tuple[int, dict]:
     """(step, meta) of the newest finalized checkpoint in ``directory/which`` without restoring arrays."""
     root = Path(directory) / which
+    if which == "latest" and not _has_steps(root) and _has_steps(Path(directory) / "best"):
+        root = Path(directory) / "best"  # an editor-only folder (save_editor) holds one step
     if not root.is_dir():
         raise CheckpointError(f"{directory} is not an editor checkpoint folder (no {which}/ inside); pass the "
                               f"--out folder of `mend-jax train`")
@@ -172,6 +178,8 @@ def load_editor(directory: str | Path, model, which: str = "best"):
     from mend_jax.training.step import init_train_state, make_optimizer
     directory = Path(directory)
     ckdir = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
+    if which == "latest" and not _has_steps(ckdir / "latest") and _has_steps(ckdir / "best"):
+        which = "best"  # an editor-only folder (save_editor) holds one step
     if not (ckdir / which).is_dir():
         raise CheckpointError(f"{directory} is not an editor folder (expected {ckdir / which}); pass the --out "
                               f"folder of `mend-jax train`")

@@ -123,6 +123,7 @@ def test_editor_only_save_is_smaller_and_loads_to_the_same_editor(tiny_lm, tmp_p
     for a, b in zip(jax.tree.leaves((ts["params"], ts["stats"])), jax.tree.leaves((params, stats))):
         np.testing.assert_array_equal(a, b)
     assert meta2["editor_only"] and meta2["step"] == 5
+    assert load_editor(out, tiny_lm, which="latest")[3]["step"] == 5  # one copy serves both
     full = folder_bytes(tmp_path / "run" / "checkpoints" / "best")
     small = folder_bytes(tmp_path / "small" / "checkpoints" / "best")
     assert small < 0.6 * full
