@@ -10,8 +10,7 @@ from mend_jax.errors import MendJaxError
 
 def register(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a trained editor (and the unedited model and fine-tuning) on records")
-    e.add_argument("--editor", required=True, help="--out folder of `mend-jax train`")
-    e.add_argument("--model", default=None, help="base model (default: the one the editor was trained on)")
+    _editor_args(e)
     e.add_argument("--data", required=True, help="zsre | counterfact | demo")
     e.add_argument("--file", default=None, help="local JSON file or hub id (demo: leave out)")
     g = e.add_mutually_exclusive_group()
@@ -21,7 +20,6 @@ def register(sub) -> None:
     e.add_argument("--finetune-lr", type=float, default=3e-4, help="fine-tuning baseline learning rate")
     e.add_argument("--finetune-steps", type=int, default=5)
     e.add_argument("--no-finetune", action="store_true")
-    e.add_argument("--which", default="best", choices=["best", "latest"])
     e.add_argument("--json", required=True, help="where to write the results")
     e.set_defaults(func=cmd_eval)
 
@@ -50,17 +48,13 @@ def register(sub) -> None:
 
     v = sub.add_parser("save-editor", help="save a run's editor for editing only (parameters + statistics, no "
                                            "optimizer state, never base weights) as a new --editor folder")
-    v.add_argument("--editor", required=True, help="--out folder of `mend-jax train`")
-    v.add_argument("--which", default="best", choices=["best", "latest"])
-    v.add_argument("--model", default=None)
+    _editor_args(v)
     v.add_argument("--out", required=True)
     v.set_defaults(func=cmd_save_editor)
 
     i = sub.add_parser("inspect", help="load an editor against its base model (fingerprint check) and print its "
                                        "step, layers and size on disk beside the base model's")
-    i.add_argument("--editor", required=True)
-    i.add_argument("--which", default="best", choices=["best", "latest"])
-    i.add_argument("--model", default=None)
+    _editor_args(i)
     i.set_defaults(func=cmd_inspect)
 
     m = sub.add_parser("demo", help="train a small editor on the shipped demo facts for a few minutes, then edit")
@@ -70,6 +64,13 @@ def register(sub) -> None:
     m.add_argument("--data", default="demo", help="demo (shipped) or zsre/counterfact with --train-file")
     m.add_argument("--train-file", default=None)
     m.set_defaults(func=cmd_demo)
+
+
+def _editor_args(p) -> None:
+    """--editor / --which / --model, shared by the commands that load a trained editor."""
+    p.add_argument("--editor", required=True, help="--out folder of `mend-jax train` (or of save-editor)")
+    p.add_argument("--which", default="best", choices=["best", "latest"])
+    p.add_argument("--model", default=None, help="base model (default: the one the editor was trained on)")
 
 
 def _load(args, editor_dir):
@@ -157,7 +158,11 @@ def cmd_demo(args) -> int:
 
 def cmd_save_editor(args) -> int:
     from mend_jax.checkpoints import folder_bytes, save_editor
-    model, *_ = _load(args, args.editor)
+    from mend_jax.checkpoints import read_meta
+    from mend_jax.weights import load_model
+    ckdir = Path(args.editor) / "checkpoints"
+    _, meta = read_meta(ckdir if ckdir.is_dir() else Path(args.editor), args.which)
+    model = load_model(args.model or meta["config"]["model"])  # save_editor loads (and checks) the editor once
     out = save_editor(args.editor, args.out, model, which=args.which)
     print(f"saved the editor of {args.editor} ({args.which}) to {out}: {folder_bytes(out) / 1e6:.1f} MB")
     return 0

@@ -27,3 +27,16 @@ class InvalidEditError(MendJaxError, ValueError):
 
 class CheckpointError(MendJaxError):
     pass
+
+
+class UnknownLayerError(MendJaxError, KeyError):
+    """A layer name that is not a linear layer of the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_layers(missing, available) -> UnknownLayerError:
+    names = sorted(available)
+    return UnknownLayerError(f"these layers are not linear layers of the model: {list(missing)}; use names like "
+                             f"{names[:3]} (the model has {len(names)} linear layers)")

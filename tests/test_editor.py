@@ -92,6 +92,9 @@ def test_config_errors_name_the_problem():
         EditorConfig(combine=False, x_only=True, delta_only=True)
     with pytest.raises(KeyError, match="not linear layers"):
         EditorSpec.from_model({"a": (1, 2)}, ["b"])
+    from mend_jax.errors import MendJaxError
+    with pytest.raises(MendJaxError, match=r"use names like \['a'\]"):
+        EditorSpec.from_model({"a": (1, 2)}, ["b"])
 
 
 def test_custom_transformation_plugs_in():

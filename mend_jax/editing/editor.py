@@ -90,7 +90,8 @@ class EditorSpec:
     def from_model(cls, layer_shapes: Mapping[str, tuple[int, int]], layers: Sequence[str], shared: bool = True):
         missing = [n for n in layers if n not in layer_shapes]
         if missing:
-            raise KeyError(f"these layers are not linear layers of the model: {missing}")
+            from mend_jax.errors import unknown_layers
+            raise unknown_layers(missing, layer_shapes)
         return cls(tuple(layers), tuple(tuple(layer_shapes[n]) for n in layers), shared)
 
 

@@ -49,7 +49,8 @@ def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str]) -> tu
     shapes = fam.linear_layers(cfg)
     missing = [n for n in layers if n not in shapes]
     if missing:
-        raise KeyError(f"not linear layers of this model: {missing}")
+        from mend_jax.errors import unknown_layers
+        raise unknown_layers(missing, shapes)
     first = min(layer_index(n) for n in layers)
     hidden = fam.hidden_before(params, cfg, batch.input_ids, batch.attention_mask, first)
     hidden = jax.lax.stop_gradient(hidden)
