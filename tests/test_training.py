@@ -153,3 +153,59 @@ def test_problems_of_several_edits_at_once(tiny_lm):
     _, f1 = jax.vmap(lambda b: capture_factors(tiny_lm.params, tiny_lm.config, b, editor.spec.layers))(batch.edit)
     name = editor.spec.layers[0]
     assert float(ts2["stats"][editor.spec.net_key(0)]["u"]["count"]) >= float(f1.mask[name].sum())
+
+
+def test_step_layout_reads_the_data_order_once_whatever_the_shapes():
+    """``--schedule 2x1,1x3``: steps alternate shapes and together read examples 0, 1, 2, ... exactly once."""
+    from mend_jax.training.batches import step_layout
+    shapes = ((2, 1), (1, 3))
+    seen = []
+    for s in range(6):
+        n, k, start = step_layout(shapes, s)
+        assert (n, k) == shapes[s % 2]
+        seen += list(range(start, start + n * k))
+    assert seen == list(range(len(seen)))
+    assert [step_layout(((8, 1),), s)[2] for s in range(3)] == [0, 8, 16]  # one shape: the old order
+
+
+def test_prompt_edit_loss_is_the_mean_of_rephrase_and_prompt_nll(tiny_lm):
+    """``edit_loss_on="both"``: L_edit = (NLL on the rephrase + NLL on the edit prompt) / 2, both under the edited
+    model; with the rephrase equal to the prompt the two losses coincide."""
+    import dataclasses
+    editor, records = setup(tiny_lm)
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    batch = training_batch(tiny_lm.tokenizer, records, DataOrder(len(records), 0), 0, 2, SHAPES, 128)
+    same = dataclasses.replace(batch, equiv=batch.edit)
+    equiv_only = make_eval_step(editor, tiny_lm.config, StepHParams())
+    both = make_eval_step(editor, tiny_lm.config, StepHParams(edit_on_prompt=True))
+    a = equiv_only(ts["params"], ts["stats"], tiny_lm.params, same)
+    b = both(ts["params"], ts["stats"], tiny_lm.params, same)
+    np.testing.assert_allclose(b["loss/edit"], a["loss/edit"], rtol=1e-5)
+    np.testing.assert_allclose(b["prompt_acc"], a["edit_acc"], rtol=1e-6)
+    c = both(ts["params"], ts["stats"], tiny_lm.params, batch)
+    p = equiv_only(ts["params"], ts["stats"], tiny_lm.params, dataclasses.replace(batch, equiv=batch.edit))
+    np.testing.assert_allclose(c["loss/edit"], 0.5 * (equiv_only(ts["params"], ts["stats"], tiny_lm.params, batch)
+                                                      ["loss/edit"] + p["loss/edit"]), rtol=1e-5)
+
+
+def test_training_with_a_schedule_of_shapes_resumes_exactly(tiny_lm, tmp_path):
+    """A run alternating 2 single edits with one 3-edit problem (and the prompt in the edit loss) compiles one step
+    per shape, validates both shapes, and a run stopped after 3 steps and resumed ends where an uninterrupted one
+    does."""
+    import dataclasses
+    from mend_jax.checkpoints import load_editor
+    from mend_jax.training.loop import train
+    cfg = lambda out, steps: dataclasses.replace(_tiny_cfg(out, steps), schedule="2x1,1x3", edit_loss_on="both",  # noqa
+                                                 val_every=2, val_size=6)
+    train(cfg(tmp_path / "whole", 5), model=tiny_lm, progress=False)
+    train(cfg(tmp_path / "split", 3), model=tiny_lm, progress=False)
+    train(cfg(tmp_path / "split", 5), model=tiny_lm, progress=False)
+    _, a, sa, _ = load_editor(tmp_path / "whole", tiny_lm, which="latest")
+    _, b, sb, _ = load_editor(tmp_path / "split", tiny_lm, which="latest")
+    for x, y in zip(jax.tree.leaves((a, sa)), jax.tree.leaves((b, sb))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    rows = [json.loads(r) for r in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert [r["edits_per_problem"] for r in rows] == [1, 3, 1, 3, 1]
+    assert "val_k3/loss" in rows[1] and "val/loss_all" in rows[1] and "train/prompt_acc" not in rows[1]
+    assert "prompt_acc" in rows[0]

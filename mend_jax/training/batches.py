@@ -136,16 +136,27 @@ class DataOrder:
         return np.random.default_rng([self.seed, 11, g])
 
 
+def step_layout(step_shapes: Sequence[tuple[int, int]], step: int) -> tuple[int, int, int]:
+    """``(problems, edits per problem, first example)`` of ``step`` when steps take the shapes in turn: step ``s``
+    uses ``step_shapes[s % len]`` and the examples that follow those of every earlier step."""
+    per_cycle = sum(n * k for n, k in step_shapes)
+    cycle, pos = divmod(step, len(step_shapes))
+    n, k = step_shapes[pos]
+    return n, k, cycle * per_cycle + sum(a * b for a, b in step_shapes[:pos])
+
+
 def training_batch(tokenizer, records, order: DataOrder, step: int, n: int, shapes: Shapes,
                    max_length: int, train_loc: str = "other", own_loc_ok: frozenset[int] | None = None,
-                   problems: slice | None = None, edits_per_problem: int = 1) -> MetaBatch:
+                   problems: slice | None = None, edits_per_problem: int = 1, start: int | None = None) -> MetaBatch:
     """The ``n`` problems of ``step`` (or only those in ``problems``, a slice of them: one process's share), each
     of ``edits_per_problem`` edits applied at once (MEND's batched editing). Example ``g`` of the run is the
-    ``g``-th of the data order, so one edit per problem gives the same examples whatever the slicing."""
+    ``g``-th of the data order, so one edit per problem gives the same examples whatever the slicing. ``start``:
+    the step's first example (default ``step * n * edits_per_problem``; see :func:`step_layout` for mixed shapes)."""
     sl = problems or slice(0, n)
     k = edits_per_problem
+    start = step * n * k if start is None else start
     groups = [[problem_for(records, order.record(g), order.rng(g), train=True, train_loc=train_loc,
-                           own_loc_ok=own_loc_ok) for g in range((step * n + j) * k, (step * n + j + 1) * k)]
+                           own_loc_ok=own_loc_ok) for g in range(start + j * k, start + (j + 1) * k)]
               for j in range(sl.start, sl.stop)]
     return encode_problem_groups(tokenizer, groups, shapes, max_length)
 

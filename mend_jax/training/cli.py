@@ -48,6 +48,14 @@ def register(sub) -> None:
             p.add_argument(flag, default=None, help="spread the base model over a device mesh: data,fsdp,tensor "
                                                    "sizes (e.g. 1,4,2) or 'auto'; on several hosts, start the same "
                                                    "command on every host (see tpu_scripts/)")
+        elif f.name == "schedule":
+            p.add_argument(flag, default=None, help="steps of several shapes in turn, PROBLEMSxEDITS,...: e.g. "
+                                                   "8x1,1x10 alternates 8 single edits with one 10-edit problem "
+                                                   "(one editor for single and batched editing); overrides "
+                                                   "--edits-per-step/--edits-per-problem")
+        elif f.name == "edit_loss_on":
+            p.add_argument(flag, choices=["equiv", "both"], default=f.default,
+                           help="edit loss on the rephrase only (MEND) or on the rephrase and the edit prompt")
         elif f.name == "init_from":
             p.add_argument(flag, default=None, help="warm start: the editor (not the optimizer state) of another "
                                                    "run's best checkpoint, e.g. its --out folder")

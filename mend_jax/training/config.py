@@ -31,6 +31,12 @@ class TrainConfig:
     steps: int = 2000
     edits_per_step: int = 8  # independent edit problems per optimizer step (paper: 10 via accumulation)
     edits_per_problem: int = 1  # edits applied at once in each problem (train for batched editing with k > 1)
+    # steps of several shapes in turn, "NxK,..." (N problems of K edits at once each): e.g. "8x1,1x10" alternates
+    # steps of 8 single edits with steps of one 10-edit problem, so one editor learns both; overrides the two above
+    schedule: str | None = None
+    # where the edit loss is taken: on the rephrase only ("equiv", MEND's L_edit) or on the rephrase and the edit
+    # prompt itself ("both": the mean of the two NLLs; reliability is measured on the prompt)
+    edit_loss_on: str = "equiv"
     lr: float = 1e-5  # editor nets (paper 1e-6)
     lr_lr: float = 1e-5  # step sizes (paper 1e-4, but in effect 1e-6 in the original code)
     edit_lr_init: float = 1e-4  # alpha_0 > 0 with W~ = W - alpha * update: first edits descend
@@ -69,8 +75,31 @@ class TrainConfig:
         d.setdefault("mesh", None)
         d.setdefault("edits_per_problem", 1)
         d.setdefault("base_dtype", "float32")
+        d.setdefault("schedule", None)
+        d.setdefault("edit_loss_on", "equiv")
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 
+    def step_shapes(self) -> tuple[tuple[int, int], ...]:
+        """The (problems, edits per problem) of the steps, in turn: ``schedule`` or one shape."""
+        if not self.schedule:
+            return ((self.edits_per_step, self.edits_per_problem),)
+        return parse_schedule(self.schedule)
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2))
+
+
+def parse_schedule(text: str) -> tuple[tuple[int, int], ...]:
+    """``"8x1,1x10"`` -> ``((8, 1), (1, 10))``."""
+    from mend_jax.errors import MendJaxError
+    out = []
+    for part in text.split(","):
+        try:
+            n, k = (int(x) for x in part.strip().lower().split("x"))
+        except ValueError:
+            n = k = 0
+        if n < 1 or k < 1:
+            raise MendJaxError(f"--schedule {text!r}: each entry is PROBLEMSxEDITS with both >= 1, e.g. 8x1,1x10")
+        out.append((n, k))
+    return tuple(out)

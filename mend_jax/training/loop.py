@@ -18,7 +18,7 @@ from mend_jax.checkpoints import EditorCheckpoints, check_fingerprint, model_fin
 from mend_jax.data import load_records
 from mend_jax.editing.editor import EditorConfig, EditorSpec, mend_editor
 from mend_jax.errors import CheckpointError, MendJaxError
-from mend_jax.training.batches import (DataOrder, Shapes, filter_records, own_loc_fits, training_batch,
+from mend_jax.training.batches import (DataOrder, Shapes, filter_records, own_loc_fits, step_layout, training_batch,
                                       validation_batches)
 from mend_jax.training.config import TrainConfig
 from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
@@ -202,8 +202,12 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     order = DataOrder(len(records), cfg.seed)
     own_ok = own_loc_fits(model.tokenizer, records, shapes)
     tx = make_optimizer(cfg.lr, cfg.lr_lr, cfg.grad_clip)
-    hp = StepHParams(cfg.c_edit, cfg.c_loc)
-    step_fn = placement.train_step(editor, model.config, tx, hp, cfg.edits_per_step)
+    if cfg.edit_loss_on not in ("equiv", "both"):
+        raise MendJaxError(f"edit_loss_on must be 'equiv' or 'both', not {cfg.edit_loss_on!r}")
+    hp = StepHParams(cfg.c_edit, cfg.c_loc, edit_on_prompt=cfg.edit_loss_on == "both")
+    step_shapes = cfg.step_shapes()
+    # one jitted step per problem count (a plain jit retraces per shape by itself; sharded steps fix N)
+    step_fns = {n: placement.train_step(editor, model.config, tx, hp, n) for n in {n for n, _ in step_shapes}}
     eval_fn = placement.eval_step(editor, model.config, hp)
     fingerprint = model_fingerprint(model, editor.spec.layers)
     ckpt = EditorCheckpoints(out / "checkpoints")
@@ -229,9 +233,25 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                 "editor_layers": list(editor.spec.layers), "fingerprint": fingerprint, "best": best,
                 "since_best": since_best, "val": val or {}, "n_train_records": len(records)}
 
-    vbatches = [(placement.batch(b, cfg.edits_per_step), w) for b, w in
-                validation_batches(model.tokenizer, dev, cfg.edits_per_step, shapes,
-                                   model.config.max_position_embeddings, cfg.seed, cfg.edits_per_problem)]
+    # validation on every edits-per-problem k of the steps (first shape: "val/...", others: "val_k{k}/...")
+    val_sets = {}
+    for n, k in step_shapes:
+        if k not in val_sets:
+            val_sets[k] = [(placement.batch(b, n), w) for b, w in
+                           validation_batches(model.tokenizer, dev, n, shapes, model.config.max_position_embeddings,
+                                              cfg.seed, k)]
+    first_k = step_shapes[0][1]
+
+    def validate_all() -> dict:
+        out = {}
+        for k, vb in val_sets.items():
+            v = validate(eval_fn, ts, model.params, vb)
+            out.update(v if k == first_k else {key.replace("val/", f"val_k{k}/"): x for key, x in v.items()})
+        if len(val_sets) > 1:  # early stopping on the mean over the shapes
+            out[f"val/{VAL_KEY}_all"] = float(np.mean([out[f"val/{VAL_KEY}" if k == first_k else f"val_k{k}/{VAL_KEY}"]
+                                                        for k in val_sets]))
+        return out
+    stop_key = f"val/{VAL_KEY}_all" if len(val_sets) > 1 else f"val/{VAL_KEY}"
     t0 = time.time()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="meta-training", unit="step")
     step = start
@@ -239,21 +259,23 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     limit_t0 = None
     stopped = "steps"
     while step < cfg.steps:
-        batch = placement.batch(training_batch(model.tokenizer, records, order, step, cfg.edits_per_step, shapes,
+        n, k, first_example = step_layout(step_shapes, step)
+        batch = placement.batch(training_batch(model.tokenizer, records, order, step, n, shapes,
                                                model.config.max_position_embeddings, cfg.train_loc, own_ok,
-                                               problems=placement.rows(cfg.edits_per_step),
-                                               edits_per_problem=cfg.edits_per_problem), cfg.edits_per_step)
-        ts, metrics = step_fn(ts, model.params, batch)
+                                               problems=placement.rows(n), edits_per_problem=k,
+                                               start=first_example), n)
+        ts, metrics = step_fns[n](ts, model.params, batch)
         step += 1
         bar.update(1)
-        row = {"step": step, "time": time.time() - t0, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+        row = {"step": step, "time": time.time() - t0, "edits_per_problem": k,
+               **{key: float(v) for key, v in jax.device_get(metrics).items()}}
         is_val = step % cfg.val_every == 0 or step == cfg.steps
         if is_val:
-            val = validate(eval_fn, ts, model.params, vbatches)
+            val = validate_all()
             row.update(val)
-            improved = val[f"val/{VAL_KEY}"] < best
+            improved = val[stop_key] < best
             if improved:
-                best, since_best = val[f"val/{VAL_KEY}"], 0
+                best, since_best = val[stop_key], 0
             else:
                 since_best += cfg.val_every
             ckpt.save(step, ts, meta_dict(step, val), best=improved)

@@ -6,7 +6,8 @@ a locality example:
 1. factors ``(u, delta)`` of the edit example (first order: no gradient flows through them, as in MEND);
 2. the editor's running statistics absorb the new rows *before* they are used (MEND's order, training only);
 3. ``L = c_edit * NLL(target | equivalence input, edited model) + c_loc * KL(p_pre || p_post)`` on the locality
-   input, averaged over the N problems; gradients with respect to the editor nets and step sizes only;
+   input, averaged over the N problems (``edit_on_prompt``: the edit term is the mean of the NLL on the equivalence
+   input and on the edit prompt itself); gradients with respect to the editor nets and step sizes only;
 4. optax update (global-norm clipping, Adam with separate learning rates for nets and step sizes, skipped when
    non-finite).
 
@@ -46,6 +47,7 @@ class StepHParams:
     c_edit: float = 0.1
     c_loc: float = 1.0
     update_stats: bool = True
+    edit_on_prompt: bool = False  # L_edit = mean of the NLLs on the rephrase and on the edit prompt
 
 
 def make_optimizer(lr: float, lr_lr: float, grad_clip: float, max_consecutive_nonfinite: int = 100):
@@ -68,21 +70,29 @@ def _flat_rows(factors, name):
 
 
 def edit_problem_losses(editor: Editor, cfg, base_params, eparams, stats, factors, equiv: TokenBatch, h_equiv,
-                        loc: TokenBatch, h_loc, pre_loc_logits, first_layer: int):
-    """Losses and metrics of one edit problem (no leading N axis)."""
+                        loc: TokenBatch, h_loc, pre_loc_logits, first_layer: int, edit: TokenBatch | None = None,
+                        h_edit=None):
+    """Losses and metrics of one edit problem (no leading N axis). With ``edit`` (and its hidden states before
+    ``first_layer``), the edit loss is the mean of the NLLs on the equivalence input and on the edit prompt."""
     fam = family_for(cfg)
     edits = compute_edits(editor, eparams, stats, factors)
     hooks = LinearHooks(edits=edits)
     post_equiv = fam.forward(base_params, cfg, equiv.input_ids, equiv.attention_mask, hooks=hooks,
                              logits_at=equiv.target_pos, first_layer=first_layer, hidden=h_equiv)
     l_edit = masked_nll(post_equiv, equiv.target_ids, equiv.target_mask)
+    extra = {}
+    if edit is not None:
+        post_edit = fam.forward(base_params, cfg, edit.input_ids, edit.attention_mask, hooks=hooks,
+                                logits_at=edit.target_pos, first_layer=first_layer, hidden=h_edit)
+        l_edit = 0.5 * (l_edit + masked_nll(post_edit, edit.target_ids, edit.target_mask))
+        extra["prompt_acc"] = token_accuracy(post_edit, edit.target_ids, edit.target_mask)[0].mean()
     post_loc = fam.forward(base_params, cfg, loc.input_ids, loc.attention_mask, hooks=LinearHooks(edits=edits),
                            first_layer=first_layer, hidden=h_loc)
     l_loc = kl_pre_post(pre_loc_logits, post_loc, loc.attention_mask.astype(jnp.float32))
     tok_acc, exact = token_accuracy(post_equiv, equiv.target_ids, equiv.target_mask)
     loc_same = (jnp.argmax(post_loc, -1) == jnp.argmax(pre_loc_logits, -1)).astype(jnp.float32)
     loc_same = (loc_same * loc.attention_mask).sum() / jnp.maximum(loc.attention_mask.sum(), 1)
-    return l_edit, l_loc, {"edit_acc": tok_acc.mean(), "edit_exact": exact.mean(), "loc_same": loc_same}
+    return l_edit, l_loc, {"edit_acc": tok_acc.mean(), "edit_exact": exact.mean(), "loc_same": loc_same, **extra}
 
 
 def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, stats, batch: MetaBatch,
@@ -102,16 +112,23 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
         return jax.vmap(lambda b: fam.hidden_before(base_params, cfg, b.input_ids, b.attention_mask, first))(tb)
 
     h_equiv = jax.lax.stop_gradient(hidden(batch.equiv))
+    h_edit = jax.lax.stop_gradient(hidden(batch.edit)) if hp.edit_on_prompt else None
     h_loc = jax.lax.stop_gradient(hidden(batch.loc))
     pre_loc = jax.vmap(lambda b, h: fam.forward(base_params, cfg, b.input_ids, b.attention_mask, first_layer=first,
                                                 hidden=h))(batch.loc, h_loc)
     pre_loc = jax.lax.stop_gradient(pre_loc)
 
     def loss_fn(ep):
-        l_edit, l_loc, m = jax.vmap(
-            lambda f, eq, he, lo, hl, pl: edit_problem_losses(editor, cfg, base_params, ep, stats, f, eq, he, lo, hl,
-                                                              pl, first)
-        )(factors, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc)
+        if hp.edit_on_prompt:
+            l_edit, l_loc, m = jax.vmap(
+                lambda f, eq, he, lo, hl, pl, ed, hd: edit_problem_losses(
+                    editor, cfg, base_params, ep, stats, f, eq, he, lo, hl, pl, first, edit=ed, h_edit=hd)
+            )(factors, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc, batch.edit, h_edit)
+        else:
+            l_edit, l_loc, m = jax.vmap(
+                lambda f, eq, he, lo, hl, pl: edit_problem_losses(editor, cfg, base_params, ep, stats, f, eq, he, lo,
+                                                                  hl, pl, first)
+            )(factors, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc)
         per = {"loss": hp.c_edit * l_edit + hp.c_loc * l_loc, "loss/edit": l_edit, "loss/loc": l_loc,
                "loss/pre_edit": pre_loss, **m}
         metrics = {k: v.mean() for k, v in per.items()}
