@@ -48,8 +48,25 @@ def loss_wrt_kernels(params, cfg, batch, layers):
             mod["kernel"] = kernels[n]
             p = replace_module(p, n, mod)
         logits = fam.forward(p, cfg, batch.input_ids, batch.attention_mask, logits_at=batch.target_pos)
-        return masked_nll(logits, batch.target_ids, batch.target_mask)
+        # the edit loss: each example's token-mean target NLL, summed over the examples
+        return sum(masked_nll(logits[i:i + 1], batch.target_ids[i:i + 1], batch.target_mask[i:i + 1])
+                   for i in range(logits.shape[0]))
     return f, {n: get_module(params, n)["kernel"] for n in layers}
+
+
+def test_each_edit_of_a_batch_has_the_factors_it_has_alone():
+    """k edits at once = the sum of the k single-edit updates ([P] §5.3): an example's factors in a batch equal
+    its factors when edited alone (the original's batch-wide token mean would shrink them by ~1/k)."""
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    batch = make_batch(cfg, b=3)
+    layers = edit_layers(cfg)
+    _, together = capture_factors(params, cfg, batch, layers)
+    for i in range(3):
+        _, alone = capture_factors(params, cfg, jax.tree.map(lambda x: x[i:i + 1], batch), layers)
+        for n in layers:
+            np.testing.assert_allclose(together.delta[n][i], alone.delta[n][0], rtol=1e-5, atol=1e-8)
+            np.testing.assert_allclose(together.u[n][i], alone.u[n][0], rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
