@@ -52,7 +52,15 @@ def constrain_editor(editor, mesh: Mesh):
         delta = jax.lax.with_sharding_constraint(delta, rep)
         ut, dt = inner(nets, state, u, delta, layer)
         return jax.lax.with_sharding_constraint(ut, rep), jax.lax.with_sharding_constraint(dt, rep)
-    return dataclasses.replace(editor, apply=apply)
+
+    inner_layers = editor.apply_layers
+    if inner_layers is None:
+        return dataclasses.replace(editor, apply=apply)
+
+    def apply_layers(nets, state, u_by, d_by):
+        gather = lambda tree: jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rep), tree)  # noqa: E731
+        return gather(inner_layers(nets, state, gather(u_by), gather(d_by)))
+    return dataclasses.replace(editor, apply=apply, apply_layers=apply_layers)
 
 
 def opt_state_shardings(opt_state_abstract: Any, params_shardings: Any, mesh: Mesh) -> Any:

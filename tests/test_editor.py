@@ -105,3 +105,27 @@ def test_custom_transformation_plugs_in():
     assert float(params["edit_lrs"][0]) == pytest.approx(0.3)
     u, d = rows(1, 3, 6), rows(2, 3, 10)
     np.testing.assert_allclose(ed.apply(params["nets"], state, u, d, 0)[1], d * 0.5)
+
+
+def test_layers_sharing_a_net_in_one_pass_equal_one_layer_at_a_time():
+    """``Editor.apply_all`` (MEND: the rows of every layer sharing a net concatenated, one mode per row) gives what
+    ``apply`` gives layer by layer, after training has moved the per-mode scales and shifts apart."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from mend_jax.editing import EditorConfig, EditorSpec, mend_editor
+    spec = EditorSpec(("a", "b", "c"), ((6, 10), (10, 6), (6, 10)))
+    ed = mend_editor(spec, EditorConfig(rank=4))
+    params, state = ed.init(jax.random.key(0))
+    keys = iter(jax.random.split(jax.random.key(1), 64))
+    params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(next(keys), x.shape), params)
+    u = {n: jax.random.normal(next(keys), (5, spec.shapes[i][0])) for i, n in enumerate(spec.layers)}
+    d = {n: jax.random.normal(next(keys), (5, spec.shapes[i][1])) for i, n in enumerate(spec.layers)}
+    state = ed.update_state(state, u, d, {n: jnp.ones(5) for n in spec.layers})
+    together = ed.apply_all(params["nets"], state, u, d)
+    for i, n in enumerate(spec.layers):
+        ut, dt = ed.apply(params["nets"], state, u[n], d[n], i)
+        np.testing.assert_allclose(together[n][0], ut, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(together[n][1], dt, rtol=1e-5, atol=1e-6)
+    # the modes of "a" and "c" differ, so the test would see a mix-up
+    assert float(jnp.abs(together["a"][0] - ed.apply(params["nets"], state, u["a"], d["a"], 2)[0]).max()) > 1e-3

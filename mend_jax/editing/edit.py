@@ -38,7 +38,7 @@ def compute_edits(editor: Editor, params: Mapping, state: Mapping, factors: Fact
     ``rows`` (static): run the editor only on the first ``rows`` unmasked rows of each layer, gathered into a
     fixed-size buffer, instead of on every padded position (see :func:`mend_jax.editing.batch.edit_row_bucket`
     for a bound that is always large enough). The result is the same; the editor's cost follows the real tokens."""
-    edits = {}
+    us, ds, ms, scales = {}, {}, {}, {}
     for i, name in enumerate(editor.spec.layers):
         u, d, m = edit_rows(factors, name)
         if rows is not None and rows < m.shape[0]:
@@ -46,12 +46,13 @@ def compute_edits(editor: Editor, params: Mapping, state: Mapping, factors: Fact
             (idx,) = jnp.nonzero(m > 0, size=rows, fill_value=0)
             u, d, m = u[idx], d[idx], jnp.where(jnp.arange(rows) < n_real, m[idx], 0.0)
             # a bound too small would silently drop rows: make that edit NaN (loud) instead
-            scale = jnp.where(n_real > rows, jnp.nan, -params["edit_lrs"][i])
+            scales[name] = jnp.where(n_real > rows, jnp.nan, -params["edit_lrs"][i])
         else:
-            scale = -params["edit_lrs"][i]
-        ut, dt = editor.apply(params["nets"], state, u, d, i)
-        edits[name] = LowRankEdit(a=ut * m[:, None], b=dt * m[:, None], scale=scale)
-    return edits
+            scales[name] = -params["edit_lrs"][i]
+        us[name], ds[name], ms[name] = u, d, m
+    out = editor.apply_all(params["nets"], state, us, ds)  # layers sharing a net go through it together
+    return {name: LowRankEdit(a=out[name][0] * ms[name][:, None], b=out[name][1] * ms[name][:, None],
+                              scale=scales[name]) for name in editor.spec.layers}
 
 
 @functools.partial(jax.jit, static_argnames=("editor", "cfg", "rows"))

@@ -162,7 +162,8 @@ def clamp_min0(x: jax.Array) -> jax.Array:
 
 
 def apply_mlp(layers: Sequence[Mapping], x: jax.Array, mode: int, residual: bool) -> jax.Array:
-    """``x`` [R, D] -> [R, D]: each layer is ``x + relu(scale[mode] * (x V U + b) + shift[mode])``."""
+    """``x`` [R, D] -> [R, D]: each layer is ``x + relu(scale[mode] * (x V U + b) + shift[mode])``; ``mode`` is
+    an int or one mode per row ([R] ints)."""
     for p in layers:
         pre = (x @ p["down"]) @ p["up"] + p["bias"]
         pre = pre * p["mode_scale"][mode] + p["mode_shift"][mode]
@@ -184,6 +185,16 @@ class Editor:
     edit_lr_init: float = 1e-4
     name: str = "custom"
     config: EditorConfig | None = None
+    # optional fast path: all layers at once, ``(net_params, state, {name: u}, {name: delta}) -> {name: (u~, d~)}``,
+    # equal to calling ``apply`` per layer (MEND: the layers sharing a net go through it as one batch of rows, so
+    # its weights are read once per edit instead of once per layer)
+    apply_layers: Callable[..., dict] | None = None
+
+    def apply_all(self, nets, state, u: Mapping[str, jax.Array], delta: Mapping[str, jax.Array]) -> dict:
+        """``{layer name: (u~, delta~)}`` for every edited layer."""
+        if self.apply_layers is not None:
+            return self.apply_layers(nets, state, u, delta)
+        return {n: self.apply(nets, state, u[n], delta[n], i) for i, n in enumerate(self.spec.layers)}
 
     def init(self, key: jax.Array) -> tuple[dict, dict]:
         """``(params, state)``: params = {"nets": ..., "edit_lrs": [L]}; state = running statistics per net."""
@@ -237,9 +248,9 @@ def mend_editor(spec: EditorSpec, cfg: EditorConfig = EditorConfig()) -> Editor:
                          for s, (side, dim) in enumerate(sides(key).items())}
         return nets
 
-    def apply(nets, state, u, delta, layer: int):
+    def apply(nets, state, u, delta, layer: int, mode=None):
         key = spec.net_key(layer)
-        mode = spec.mode(layer)
+        mode = spec.mode(layer) if mode is None else mode  # an int, or one mode per row [R]
         if cfg.norm:
             u = normalize(state[key]["u"], u)
             delta = normalize(state[key]["delta"], delta)
@@ -253,7 +264,26 @@ def mend_editor(spec: EditorSpec, cfg: EditorConfig = EditorConfig()) -> Editor:
             delta = apply_mlp(net["delta"], delta, mode, residual)
         return u, delta
 
-    return Editor(spec, init_nets, apply, norm=cfg.norm, edit_lr_init=cfg.edit_lr_init, name="mend", config=cfg)
+    def apply_layers(nets, state, u_by, d_by):
+        """Every layer sharing a net in one pass: rows concatenated, each row with its layer's mode."""
+        out = {}
+        for key in spec.net_keys:
+            idx = [i for i in range(len(spec.layers)) if spec.net_key(i) == key]
+            names = [spec.layers[i] for i in idx]
+            u = jnp.concatenate([u_by[n] for n in names], 0)
+            d = jnp.concatenate([d_by[n] for n in names], 0)
+            modes = jnp.concatenate([jnp.full((u_by[n].shape[0],), spec.mode(i), jnp.int32)
+                                     for i, n in zip(idx, names)])
+            ut, dt = apply(nets, state, u, d, idx[0], mode=modes)
+            start = 0
+            for n in names:
+                r = u_by[n].shape[0]
+                out[n] = (ut[start:start + r], dt[start:start + r])
+                start += r
+        return out
+
+    return Editor(spec, init_nets, apply, norm=cfg.norm, edit_lr_init=cfg.edit_lr_init, name="mend", config=cfg,
+                  apply_layers=apply_layers)
 
 
 def identity_editor(spec: EditorSpec, edit_lr: float = 1e-4) -> Editor:
