@@ -24,25 +24,32 @@ def smooth(x, k=20):
 
 def main(run: str, out: str) -> None:
     rows = [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines() if line.strip()]
-    steps = np.array([r["step"] for r in rows])
     val = [r for r in rows if "val/loss" in r]
+    # a --schedule run alternates step shapes: one training curve per k (edits per problem), one dev curve per k
+    ks = sorted({r.get("edits_per_problem", 1) for r in rows})
+    first_k = rows[0].get("edits_per_problem", 1)
+    dev = {k: ("val/" if k == first_k else f"val_k{k}/") for k in ks}
     fig, ax = plt.subplots(2, 2, figsize=(11, 7))
     for key, a in (("loss/edit", ax[0, 0]), ("loss/loc", ax[0, 1])):
-        y = smooth([r[key] for r in rows])
-        a.plot(steps[len(steps) - len(y):], y, label=f"train {key} (20-step mean)")
-        a.plot([r["step"] for r in val], [r[f"val/{key}"] for r in val], "o-", label=f"dev {key}")
+        for k in ks:
+            rk = [r for r in rows if r.get("edits_per_problem", 1) == k]
+            y = smooth([r[key] for r in rk])
+            a.plot([r["step"] for r in rk][len(rk) - len(y):], y, label=f"train {key}, k={k} (20-step mean)")
+            vk = [r for r in val if f"{dev[k]}{key}" in r]
+            a.plot([r["step"] for r in vk], [r[f"{dev[k]}{key}"] for r in vk], "o-", label=f"dev {key}, k={k}")
         a.set_yscale("log")
         a.set_xlabel("step")
-        a.legend()
+        a.legend(fontsize=7)
     a = ax[1, 0]
-    for key in ("edit_acc", "loc_same"):
-        y = smooth([r[key] for r in rows])
-        a.plot(steps[len(steps) - len(y):], y, label=f"train {key}")
-        a.plot([r["step"] for r in val], [r[f"val/{key}"] for r in val], "o-", label=f"dev {key}")
+    for key in ("edit_acc", "loc_same") + (("prompt_acc",) if any("prompt_acc" in r for r in rows) else ()):
+        for k in ks:
+            vk = [r for r in val if f"{dev[k]}{key}" in r]
+            a.plot([r["step"] for r in vk], [r[f"{dev[k]}{key}"] for r in vk], "o-", label=f"dev {key}, k={k}")
     a.set_xlabel("step")
-    a.legend()
+    a.set_title("dev (edit_acc: rephrase, prompt_acc: edit prompt)", fontsize=9)
+    a.legend(fontsize=7)
     a = ax[1, 1]
-    a.plot(steps, [r["edit_lr_mean"] for r in rows], label="mean step size alpha")
+    a.plot([r["step"] for r in rows], [r["edit_lr_mean"] for r in rows], label="mean step size alpha")
     a.set_xlabel("step")
     a.legend()
     fig.suptitle(f"MEND meta-training: {run}")
