@@ -209,3 +209,13 @@ def test_training_with_a_schedule_of_shapes_resumes_exactly(tiny_lm, tmp_path):
     assert [r["edits_per_problem"] for r in rows] == [1, 3, 1, 3, 1]
     assert "val_k3/loss" in rows[1] and "val/loss_all" in rows[1] and "train/prompt_acc" not in rows[1]
     assert "prompt_acc" in rows[0]
+
+
+def test_bad_schedule_or_edit_loss_is_refused_before_any_model_loads():
+    from mend_jax.errors import MendJaxError
+    from mend_jax.training.config import TrainConfig
+    with pytest.raises(MendJaxError, match="PROBLEMSxEDITS"):
+        TrainConfig(schedule="8x1,ten")
+    with pytest.raises(MendJaxError, match="edit_loss_on"):
+        TrainConfig(edit_loss_on="prompt")
+    assert TrainConfig(schedule="8x1,1x10").step_shapes() == ((8, 1), (1, 10))

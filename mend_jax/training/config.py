@@ -63,6 +63,14 @@ class TrainConfig:
     # only read when --out holds no checkpoint yet
     init_from: str | None = None
 
+    def __post_init__(self):
+        # checked here, before any model is loaded (a bad flag should not cost a model load)
+        from mend_jax.errors import MendJaxError
+        if self.edit_loss_on not in ("equiv", "both"):
+            raise MendJaxError(f"edit_loss_on must be 'equiv' or 'both', not {self.edit_loss_on!r}")
+        if self.schedule:
+            parse_schedule(self.schedule)
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -130,7 +130,8 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
                                                                   hl, pl, first)
             )(factors, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc)
         per = {"loss": hp.c_edit * l_edit + hp.c_loc * l_loc, "loss/edit": l_edit, "loss/loc": l_loc,
-               "loss/pre_edit": pre_loss, **m}
+               # capture_factors' loss sums the problem's k edits: report the mean per edit, comparable across k
+               "loss/pre_edit": pre_loss / batch.edit.input_ids.shape[1], **m}
         metrics = {k: v.mean() for k, v in per.items()}
         return metrics["loss"], (metrics, per)
 
