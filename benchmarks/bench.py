@@ -6,7 +6,7 @@ Measures, with warm-up and medians over repeats (spread = min..max):
   (a) forward + backward of the base model on the edit example, the backward stopping at the lowest edited block
   (b) one MEND edit of the same example: factors + editor + materialised update
   (c) the same with 10 and 100 edits at once
-  (d) one meta-training step (8 edit problems, as trained)
+  (d) one meta-training step (8 edit problems, as trained: the editor on the real rows; also on every position)
   (e) the forward/backward passes that step must do, timed one by one and summed
 and prints b/a, c/a, d/e, peak RSS over parameter bytes, and the number of compilations after warm-up.
 Runs on the tiny random model too (``--model tiny``).
@@ -32,8 +32,8 @@ from mend_jax.editing import (EditorConfig, EditorSpec, capture_factors, compute
 from mend_jax.editing.batch import encode_examples
 from mend_jax.editing.losses import masked_nll
 from mend_jax.models import family_for, layer_index
-from mend_jax.training.batches import DataOrder, Shapes, filter_records, training_batch
-from mend_jax.training.step import init_train_state, make_optimizer, make_train_step
+from mend_jax.training.batches import DataOrder, Shapes, factor_rows, filter_records, row_budget, training_batch
+from mend_jax.training.step import StepHParams, init_train_state, make_optimizer, make_train_step
 
 
 def timeit(fn, *args, repeats=7):
@@ -138,10 +138,16 @@ def main():
 
     # (d) one meta-training step and (e) its passes
     tx = make_optimizer(1e-5, 1e-5, 100.0)
-    step = make_train_step(editor, cfg, tx, donate=False)
     ts = init_train_state(editor, tx, jax.random.key(0))
     mb = training_batch(model.tokenizer, records, DataOrder(len(records), 0), 0, 8, Shapes(), 128)
+    # the step as `mend-jax train` runs it: the editor on the real rows (budget from the data, as the loop sets it)
+    budget = row_budget(model.tokenizer, records, 8, Shapes())
+    assert factor_rows(mb.edit) <= budget
+    step = make_train_step(editor, cfg, tx, StepHParams(rows=budget), donate=False)
+    step_full = make_train_step(editor, cfg, tx, StepHParams(), donate=False)
+    res["d_rows"] = {"budget": budget, "real_upper_bound": factor_rows(mb.edit), "padded": int(mb.edit.input_ids.size)}
     res["d_train_step"] = timeit(step, ts, params, mb, repeats=max(3, args.repeats // 2))
+    res["d_train_step_every_position"] = timeit(step_full, ts, params, mb, repeats=max(3, args.repeats // 2))
     flat = lambda tb: jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tb)  # noqa: E731
     e, q, lo = flat(mb.edit), flat(mb.equiv), flat(mb.loc)
 
@@ -181,6 +187,7 @@ def main():
                      "c10/a10": res["c_edit_10"]["median_s"] / res["a_fwd_bwd_10"]["median_s"],
                      "c100/a100": res["c_edit_100"]["median_s"] / res["a_fwd_bwd_100"]["median_s"],
                      "d/e": res["d_train_step"]["median_s"] / e_sum,
+                     "d_every_position/e": res["d_train_step_every_position"]["median_s"] / e_sum,
                      "edit_mem/(params+act)": res["memory"]["edit_peak_over_params_plus_activations"]}
     res["peak_rss_over_param_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / param_bytes
     res["compilations_after_warmup"] = int(sum(caches_after) - sum(caches_before))
@@ -191,7 +198,9 @@ def main():
     print(f"a (fwd+bwd)   {ms(res['a_fwd_bwd'])}")
     print(f"b (1 edit)    {ms(res['b_edit_1'])}  = factors {ms(res['b_breakdown']['factors'])}"
           f" + editor {ms(res['b_breakdown']['editor'])} + update {ms(res['b_breakdown']['update'])}")
-    print(f"d (train step) {ms(res['d_train_step'])}; e (its passes) {e_sum * 1e3:.1f} ms")
+    print(f"d (train step) {ms(res['d_train_step'])} (editor on {res['d_rows']['budget']} rows of "
+          f"{res['d_rows']['padded']} positions; on every position {ms(res['d_train_step_every_position'])}); "
+          f"e (its passes) {e_sum * 1e3:.1f} ms")
     print(f"peak RSS / parameter bytes {res['peak_rss_over_param_bytes']:.2f}; compilations after warm-up "
           f"{res['compilations_after_warmup']}")
     if args.json:

@@ -115,10 +115,12 @@ class ShardedEditing:
         acc, exact = token_accuracy(logits, batch.target_ids, batch.target_mask)
         return {"nll": masked_nll(logits, batch.target_ids, batch.target_mask), "token_acc": acc, "exact": exact}
 
-    def _logits(self, params, batch: TokenBatch, edits=None):
+    def _logits(self, params, batch: TokenBatch, edits=None, hidden=None):
+        """Logits at the targets; with ``hidden`` (the state entering the lowest edited block) from there on."""
         hooks = LinearHooks(edits=edits) if edits else None
+        start = {} if hidden is None else {"first_layer": self.first, "hidden": hidden}
         return self.fam.forward(params, self.cfg, batch.input_ids, batch.attention_mask, hooks=hooks,
-                                logits_at=batch.target_pos)
+                                logits_at=batch.target_pos, **start)
 
     def _compute_edits(self, eparams, estate, factors):
         factors = jax.lax.with_sharding_constraint(factors, self.factor_sh)
@@ -166,12 +168,10 @@ class ShardedEditing:
     def edit_fn(self, params, eparams, estate, batch):
         """Unjitted edit request: factors -> editor -> edits, and the edited model's metrics on the same batch."""
         self._need_editor()
-        loss, factors = capture_factors(params, self.cfg, batch, self.layers)
+        loss, factors, hidden = capture_factors(params, self.cfg, batch, self.layers, return_hidden=True)
         edits = self._compute_edits(eparams, estate, factors)
-        # (the edited model's metrics need a second forward through the frozen blocks: capture_factors computes
-        # their output internally and does not return it, and XLA cannot merge the two copies because each
-        # sharded layer carries its own collectives)
-        return loss, edits, self._metrics(self._logits(params, batch, edits), batch)
+        # the edited model's metrics start from the frozen blocks' output capture_factors already computed
+        return loss, edits, self._metrics(self._logits(params, batch, edits, hidden=hidden), batch)
 
     @functools.cached_property
     def edit(self):

@@ -219,3 +219,41 @@ def test_bad_schedule_or_edit_loss_is_refused_before_any_model_loads():
     with pytest.raises(MendJaxError, match="edit_loss_on"):
         TrainConfig(edit_loss_on="prompt")
     assert TrainConfig(schedule="8x1,1x10").step_shapes() == ((8, 1), (1, 10))
+
+
+def test_step_on_compacted_rows_equals_the_step_on_every_position(tiny_lm):
+    """``StepHParams.rows``: the editor runs once on the real rows of all problems (gathered), each problem takes
+    its rows back; loss, metrics, gradients and the updated editor equal the step over every padded position. A
+    budget below the batch's rows makes the step non-finite (skipped), never silently drops rows."""
+    import dataclasses
+    from mend_jax.training.batches import factor_rows, row_budget
+    editor, records = setup(tiny_lm)
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    k = 2  # 3 problems of 2 edits: rows of several examples per problem, several problems per buffer
+    batch = training_batch(tiny_lm.tokenizer, records, DataOrder(len(records), 0), 0, 3, SHAPES, 128,
+                           edits_per_problem=k, train_loc="own")
+    need = factor_rows(batch.edit)
+    padded = batch.edit.input_ids.size
+    assert 0 < need < padded
+    budget = row_budget(tiny_lm.tokenizer, records, 3 * k, SHAPES)
+    assert need <= budget <= padded
+    hp = StepHParams(edit_on_prompt=True)
+    full = make_train_step(editor, tiny_lm.config, tx, hp, donate=False)
+    ts_full, m_full = full(ts, tiny_lm.params, batch)
+    for rows in sorted({need, budget}):
+        compact = make_train_step(editor, tiny_lm.config, tx, dataclasses.replace(hp, rows=rows), donate=False)
+        ts_c, m_c = compact(ts, tiny_lm.params, batch)
+        for key in m_full:
+            np.testing.assert_allclose(m_c[key], m_full[key], rtol=2e-4, atol=1e-6, err_msg=key)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-7),
+                     ts_c["params"], ts_full["params"])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                     ts_c["stats"], ts_full["stats"])
+    # the real rows are counted exactly by the factor mask (the bound is tight for these prompts)
+    _, f = jax.vmap(lambda b: capture_factors(tiny_lm.params, tiny_lm.config, b, editor.spec.layers))(batch.edit)
+    assert int(f.mask[editor.spec.layers[0]].sum()) <= need
+    short = make_train_step(editor, tiny_lm.config, tx, dataclasses.replace(hp, rows=need - 1), donate=False)
+    ts_s, m_s = short(ts, tiny_lm.params, batch)
+    assert float(m_s["finite"]) == 0.0  # too small a budget: the update is skipped, loudly non-finite
+    jax.tree.map(np.testing.assert_array_equal, ts_s["params"], ts["params"])

@@ -50,9 +50,13 @@ def edit_loss_fn(params, cfg, batch: TokenBatch, hooks: LinearHooks, first_layer
     return per_edit.sum()
 
 
-def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str]) -> tuple[jax.Array, Factors]:
-    """Edit loss (per edit example the token-mean NLL of its targets, summed over the examples: see
-    :func:`edit_loss_fn`) and the factors of ``layers``. Pure; jit it with ``cfg`` static."""
+def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], return_hidden: bool = False):
+    """``(loss, factors)``: the edit loss (per edit example the token-mean NLL of its targets, summed over the
+    examples: see :func:`edit_loss_fn`) and the factors of ``layers``. Pure; jit it with ``cfg`` static.
+
+    ``return_hidden``: also return the (gradient-stopped) hidden state entering the lowest edited block,
+    ``(loss, factors, hidden)``, for callers that run the same batch through the edited model next (it does not
+    depend on the edit, so they can start there instead of recomputing the frozen blocks)."""
     fam = family_for(cfg)
     shapes = fam.linear_layers(cfg)
     missing = [n for n in layers if n not in shapes]
@@ -77,4 +81,6 @@ def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str]) -> tu
     delta = {n: jax.lax.stop_gradient(delta[n]).astype(jnp.float32) for n in layers}
     real = batch.attention_mask > 0
     mask = {n: (real & jnp.any(u[n] != 0, -1) & jnp.any(delta[n] != 0, -1)).astype(jnp.float32) for n in layers}
+    if return_hidden:
+        return loss, Factors(u, delta, mask), hidden
     return loss, Factors(u, delta, mask)

@@ -4,6 +4,7 @@ machine) ends bitwise-identical to an uninterrupted run: the data order and all 
 ``(seed, step)``, and the train state (editor, statistics, optimizer) is checkpointed whole."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -18,8 +19,8 @@ from mend_jax.checkpoints import EditorCheckpoints, check_fingerprint, model_fin
 from mend_jax.data import load_records
 from mend_jax.editing.editor import EditorConfig, EditorSpec, mend_editor
 from mend_jax.errors import CheckpointError, MendJaxError
-from mend_jax.training.batches import (DataOrder, Shapes, filter_records, own_loc_fits, step_layout, training_batch,
-                                      validation_batches)
+from mend_jax.training.batches import (DataOrder, Shapes, factor_rows, filter_records, own_loc_fits, row_budget,
+                                      step_layout, training_batch, validation_batches)
 from mend_jax.training.config import TrainConfig
 from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
 
@@ -89,7 +90,6 @@ class Placement:
         """A model loaded elsewhere (tests, notebooks), moved into this mesh's parameter shardings."""
         if self.mesh is None:
             return model
-        import dataclasses
         from mend_jax import sharding as shd
         sh = shd.param_shardings(model.config, self.mesh)
         return dataclasses.replace(model, params=shd.shard_params(model.params, sh))
@@ -204,8 +204,24 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     tx = make_optimizer(cfg.lr, cfg.lr_lr, cfg.grad_clip)
     hp = StepHParams(cfg.c_edit, cfg.c_loc, edit_on_prompt=cfg.edit_loss_on == "both")
     step_shapes = cfg.step_shapes()
-    # one jitted step per problem count (a plain jit retraces per shape by itself; sharded steps fix N)
-    step_fns = {n: placement.train_step(editor, model.config, tx, hp, n) for n in {n for n, _ in step_shapes}}
+    # one jitted step per shape; on one device the editor runs on the step's real rows only (a static budget from
+    # the data; a batch over it takes the full step, compiled when first needed): see StepHParams.rows
+    budgets = {(n, k): (row_budget(model.tokenizer, records, n * k, shapes) if placement.mesh is None else None)
+               for n, k in step_shapes}
+    budgets = {s: (b if b is not None and b < s[0] * s[1] * shapes.seq_len else None) for s, b in budgets.items()}
+    step_fns = {s: placement.train_step(editor, model.config, tx, dataclasses.replace(hp, rows=b), s[0])
+                for s, b in budgets.items()}
+    full_fns = {}  # (n, k) -> the step over every position, for batches over the budget
+
+    def step_fn(n, k, batch):
+        b = budgets[(n, k)]
+        if b is None or factor_rows(batch.edit) <= b:
+            return step_fns[(n, k)]
+        if (n, k) not in full_fns:
+            full_fns[(n, k)] = placement.train_step(editor, model.config, tx, hp, n)
+        return full_fns[(n, k)]
+    placement.log("editor rows per step: " + ", ".join(f"{n}x{k}: {b or n * k * shapes.seq_len} of "
+                                                        f"{n * k * shapes.seq_len}" for (n, k), b in budgets.items()))
     eval_fn = placement.eval_step(editor, model.config, hp)
     fingerprint = model_fingerprint(model, editor.spec.layers)
     ckpt = EditorCheckpoints(out / "checkpoints")
@@ -262,7 +278,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                                                model.config.max_position_embeddings, cfg.train_loc, own_ok,
                                                problems=placement.rows(n), edits_per_problem=k,
                                                start=first_example), n)
-        ts, metrics = step_fns[n](ts, model.params, batch)
+        ts, metrics = step_fn(n, k, batch)(ts, model.params, batch)
         step += 1
         bar.update(1)
         row = {"step": step, "time": time.time() - t0, "edits_per_problem": k,

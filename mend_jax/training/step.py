@@ -13,6 +13,13 @@ a locality example:
 
 The blocks below the lowest edited layer do not depend on the edit: their hidden states are computed once per
 input (no gradient) and reused by the pre- and post-edit passes.
+
+``StepHParams.rows`` (static): run the editor once over the first ``rows`` real factor rows of all N problems
+together, gathered into a fixed-size buffer, instead of over every padded position of every problem. The editor
+is per-row, so the result is the same (see :func:`problem_edits`); its cost then follows the real tokens (about a
+quarter to a half of the padded positions in zsRE/CounterFact batches), which is most of a step's cost beyond the
+base model's passes. The host picks ``rows`` from the data (:func:`mend_jax.training.batches.row_budget`) and
+falls back to the full step for a batch with more real rows (:func:`mend_jax.training.batches.factor_rows`).
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ from mend_jax.editing.edit import compute_edits
 from mend_jax.editing.editor import Editor
 from mend_jax.editing.factors import capture_factors
 from mend_jax.editing.losses import kl_pre_post, masked_nll, token_accuracy
-from mend_jax.models import LinearHooks, family_for, layer_index
+from mend_jax.models import LinearHooks, LowRankEdit, family_for, layer_index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +55,7 @@ class StepHParams:
     c_loc: float = 1.0
     update_stats: bool = True
     edit_on_prompt: bool = False  # L_edit = mean of the NLLs on the rephrase and on the edit prompt
+    rows: int | None = None  # editor on this many compacted real rows of the whole step (None: every position)
 
 
 def make_optimizer(lr: float, lr_lr: float, grad_clip: float, max_consecutive_nonfinite: int = 100):
@@ -69,13 +77,50 @@ def _flat_rows(factors, name):
     return u.reshape(-1, u.shape[-1]), d.reshape(-1, d.shape[-1]), m.reshape(-1)
 
 
-def edit_problem_losses(editor: Editor, cfg, base_params, eparams, stats, factors, equiv: TokenBatch, h_equiv,
+def problem_edits(editor: Editor, eparams, stats, factors, rows: int | None = None) -> dict:
+    """Per problem, the low-rank edits of its factors (fields with a leading axis N): ``{layer: LowRankEdit}`` with
+    ``a``/``b`` of shape [N, W, ...].
+
+    ``rows=None``: the editor runs on every position of every problem (``W`` = positions per problem).
+    ``rows``: the real rows (mask 1) of all problems are gathered in order into one buffer of ``rows`` rows, the
+    editor runs on it once, and each problem takes back its own rows as a window of ``W = min(positions per
+    problem, rows)`` rows starting at its first one (rows stay in problem order, and a problem has at most its
+    positions' count of real rows). Equal to ``rows=None`` up to summation order. A step with more real rows than
+    ``rows`` gets NaN step sizes (the optimizer skips it) rather than silently losing rows."""
+    if rows is None:
+        return jax.vmap(lambda f: compute_edits(editor, eparams, stats, f))(factors)
+    names = editor.spec.layers
+    us, ds, ms, pids, n_real = {}, {}, {}, {}, {}
+    for name in names:
+        u, d, m = factors.u[name], factors.delta[name], factors.mask[name]
+        n_prob, per = m.shape[0], m[0].size
+        u, d, m = u.reshape(-1, u.shape[-1]), d.reshape(-1, d.shape[-1]), m.reshape(-1)
+        n_real[name] = jnp.sum(m > 0)
+        (idx,) = jnp.nonzero(m > 0, size=rows, fill_value=0)
+        valid = jnp.arange(rows) < n_real[name]
+        us[name], ds[name], ms[name] = u[idx], d[idx], jnp.where(valid, m[idx], 0.0)
+        pids[name] = jnp.where(valid, idx // per, n_prob)  # padding rows belong to no problem
+    out = editor.apply_all(eparams["nets"], stats, us, ds)
+    edits = {}
+    for i, name in enumerate(names):
+        a, b = out[name][0] * ms[name][:, None], out[name][1] * ms[name][:, None]
+        counts = jnp.sum(pids[name][None, :] == jnp.arange(n_prob)[:, None], axis=1)  # [N]
+        starts = jnp.cumsum(counts) - counts
+        w = min(per, rows)
+        win = jnp.minimum(starts[:, None] + jnp.arange(w)[None, :], rows - 1)  # [N, W]
+        keep = (jnp.arange(w)[None, :] < counts[:, None]).astype(a.dtype)[..., None]
+        scale = jnp.where(n_real[name] > rows, jnp.nan, -eparams["edit_lrs"][i])
+        edits[name] = LowRankEdit(a=a[win] * keep, b=b[win] * keep, scale=jnp.broadcast_to(scale, (n_prob,)))
+    return edits
+
+
+def edit_problem_losses(editor: Editor, cfg, base_params, edits, equiv: TokenBatch, h_equiv,
                         loc: TokenBatch, h_loc, pre_loc_logits, first_layer: int, edit: TokenBatch | None = None,
                         h_edit=None):
-    """Losses and metrics of one edit problem (no leading N axis). With ``edit`` (and its hidden states before
-    ``first_layer``), the edit loss is the mean of the NLLs on the equivalence input and on the edit prompt."""
+    """Losses and metrics of one edit problem (no leading N axis) under its ``edits`` (see :func:`problem_edits`).
+    With ``edit`` (and its hidden states before ``first_layer``), the edit loss is the mean of the NLLs on the
+    equivalence input and on the edit prompt."""
     fam = family_for(cfg)
-    edits = compute_edits(editor, eparams, stats, factors)
     hooks = LinearHooks(edits=edits)
     post_equiv = fam.forward(base_params, cfg, equiv.input_ids, equiv.attention_mask, hooks=hooks,
                              logits_at=equiv.target_pos, first_layer=first_layer, hidden=h_equiv)
@@ -102,7 +147,11 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
     layers = editor.spec.layers
     first = min(layer_index(n) for n in layers)
 
-    pre_loss, factors = jax.vmap(lambda b: capture_factors(base_params, cfg, b, layers))(batch.edit)
+    if hp.edit_on_prompt:  # the edit batch is also scored under the edited model: keep its frozen-block states
+        pre_loss, factors, h_edit = jax.vmap(lambda b: capture_factors(base_params, cfg, b, layers,
+                                                                       return_hidden=True))(batch.edit)
+    else:
+        (pre_loss, factors), h_edit = jax.vmap(lambda b: capture_factors(base_params, cfg, b, layers))(batch.edit), None
     if update_stats and editor.norm:
         rows = {n: _flat_rows(factors, n) for n in layers}
         stats = editor.update_state(stats, {n: r[0] for n, r in rows.items()}, {n: r[1] for n, r in rows.items()},
@@ -112,23 +161,23 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
         return jax.vmap(lambda b: fam.hidden_before(base_params, cfg, b.input_ids, b.attention_mask, first))(tb)
 
     h_equiv = jax.lax.stop_gradient(hidden(batch.equiv))
-    h_edit = jax.lax.stop_gradient(hidden(batch.edit)) if hp.edit_on_prompt else None
     h_loc = jax.lax.stop_gradient(hidden(batch.loc))
     pre_loc = jax.vmap(lambda b, h: fam.forward(base_params, cfg, b.input_ids, b.attention_mask, first_layer=first,
                                                 hidden=h))(batch.loc, h_loc)
     pre_loc = jax.lax.stop_gradient(pre_loc)
 
     def loss_fn(ep):
+        edits = problem_edits(editor, ep, stats, factors, hp.rows)
         if hp.edit_on_prompt:
             l_edit, l_loc, m = jax.vmap(
-                lambda f, eq, he, lo, hl, pl, ed, hd: edit_problem_losses(
-                    editor, cfg, base_params, ep, stats, f, eq, he, lo, hl, pl, first, edit=ed, h_edit=hd)
-            )(factors, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc, batch.edit, h_edit)
+                lambda e, eq, he, lo, hl, pl, ed, hd: edit_problem_losses(
+                    editor, cfg, base_params, e, eq, he, lo, hl, pl, first, edit=ed, h_edit=hd)
+            )(edits, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc, batch.edit, h_edit)
         else:
             l_edit, l_loc, m = jax.vmap(
-                lambda f, eq, he, lo, hl, pl: edit_problem_losses(editor, cfg, base_params, ep, stats, f, eq, he, lo,
-                                                                  hl, pl, first)
-            )(factors, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc)
+                lambda e, eq, he, lo, hl, pl: edit_problem_losses(editor, cfg, base_params, e, eq, he, lo, hl, pl,
+                                                                  first)
+            )(edits, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc)
         per = {"loss": hp.c_edit * l_edit + hp.c_loc * l_loc, "loss/edit": l_edit, "loss/loc": l_loc,
                # capture_factors' loss sums the problem's k edits: report the mean per edit, comparable across k
                "loss/pre_edit": pre_loss / batch.edit.input_ids.shape[1], **m}
