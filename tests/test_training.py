@@ -257,3 +257,16 @@ def test_step_on_compacted_rows_equals_the_step_on_every_position(tiny_lm):
     ts_s, m_s = short(ts, tiny_lm.params, batch)
     assert float(m_s["finite"]) == 0.0  # too small a budget: the update is skipped, loudly non-finite
     jax.tree.map(np.testing.assert_array_equal, ts_s["params"], ts["params"])
+
+
+def test_a_batch_over_the_row_budget_takes_the_full_step(tiny_lm, tmp_path, monkeypatch):
+    """The loop compacts the editor's rows to a budget from the data; a batch with more real rows than the budget
+    must run the step over every position (finite, same loss), not a step that drops rows (non-finite, skipped)."""
+    import mend_jax.training.loop as loop
+    loop.train(_tiny_cfg(tmp_path / "budget", 3), model=tiny_lm, progress=False)
+    monkeypatch.setattr(loop, "row_budget", lambda *a, **k: 8)  # far fewer than 8 problems' real rows
+    loop.train(_tiny_cfg(tmp_path / "over", 3), model=tiny_lm, progress=False)
+    logs = [[json.loads(r) for r in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in ("budget", "over")]
+    assert [r["finite"] for r in logs[1]] == [1.0, 1.0, 1.0]
+    for key in ("loss", "loss/edit", "loss/loc", "edit_acc"):
+        np.testing.assert_allclose(logs[1][0][key], logs[0][0][key], rtol=1e-5, err_msg=key)
