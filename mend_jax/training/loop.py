@@ -143,7 +143,8 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(r + "\n" for r in rows))
 
 
-def validate(eval_step, ts, base_params, val_batches) -> dict:
+def validate(eval_step, ts, base_params, val_batches, prefix: str = "val") -> dict:
+    """Weighted means of the per-problem validation metrics, as ``{prefix}/{metric}``."""
     sums: dict[str, float] = {}
     total = 0.0
     for batch, weight in val_batches:
@@ -151,7 +152,7 @@ def validate(eval_step, ts, base_params, val_batches) -> dict:
         for k, v in per.items():
             sums[k] = sums.get(k, 0.0) + float((np.asarray(v) * weight).sum())
         total += float(weight.sum())
-    return {f"val/{k}": v / total for k, v in sums.items()}
+    return {f"{prefix}/{k}": v / total for k, v in sums.items()}
 
 
 def warm_start(ts: dict, source: str, model, editor) -> dict:
@@ -255,15 +256,14 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                            validation_batches(model.tokenizer, dev, n, shapes, model.config.max_position_embeddings,
                                               cfg.seed, k)]
     first_k = step_shapes[0][1]
+    prefix = {k: "val" if k == first_k else f"val_k{k}" for k in val_sets}
 
     def validate_all() -> dict:
         out = {}
         for k, vb in val_sets.items():
-            v = validate(eval_fn, ts, model.params, vb)
-            out.update(v if k == first_k else {key.replace("val/", f"val_k{k}/"): x for key, x in v.items()})
+            out.update(validate(eval_fn, ts, model.params, vb, prefix[k]))
         if len(val_sets) > 1:  # early stopping on the mean over the shapes
-            out[f"val/{VAL_KEY}_all"] = float(np.mean([out[f"val/{VAL_KEY}" if k == first_k else f"val_k{k}/{VAL_KEY}"]
-                                                        for k in val_sets]))
+            out[f"val/{VAL_KEY}_all"] = float(np.mean([out[f"{prefix[k]}/{VAL_KEY}"] for k in val_sets]))
         return out
     stop_key = f"val/{VAL_KEY}_all" if len(val_sets) > 1 else f"val/{VAL_KEY}"
     t0 = time.time()
