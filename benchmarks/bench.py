@@ -29,10 +29,10 @@ import jax.numpy as jnp
 from mend_jax.data import load_records
 from mend_jax.editing import (EditorConfig, EditorSpec, capture_factors, compute_edits, edit_row_bucket, edited_kernels,
                               mend_edits, mend_editor)
-from mend_jax.editing.batch import encode_examples
+from mend_jax.editing.batch import encode_examples, factor_rows
 from mend_jax.editing.losses import masked_nll
 from mend_jax.models import family_for, layer_index
-from mend_jax.training.batches import DataOrder, Shapes, factor_rows, filter_records, row_budget, training_batch
+from mend_jax.training.batches import DataOrder, Shapes, filter_records, row_budget, training_batch
 from mend_jax.training.step import StepHParams, init_train_state, make_optimizer, make_train_step
 
 

@@ -226,7 +226,8 @@ def test_step_on_compacted_rows_equals_the_step_on_every_position(tiny_lm):
     its rows back; loss, metrics, gradients and the updated editor equal the step over every padded position. A
     budget below the batch's rows makes the step non-finite (skipped), never silently drops rows."""
     import dataclasses
-    from mend_jax.training.batches import factor_rows, row_budget
+    from mend_jax.editing.batch import factor_rows
+    from mend_jax.training.batches import row_budget
     editor, records = setup(tiny_lm)
     tx = make_optimizer(1e-3, 1e-4, 100.0)
     ts = init_train_state(editor, tx, jax.random.key(0))

@@ -90,15 +90,18 @@ def encode_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str], *
     return TokenBatch(ids, mask, tpos, tids, tmask)
 
 
-def edit_row_bucket(batch: TokenBatch, minimum: int = 8) -> int:
-    """A static bound on the rows that carry a gradient factor, as a power-of-two bucket (for
-    ``compute_edits(..., rows=)``): in a causal model a position after the last predicting position gets no
-    output-gradient, so example ``b`` contributes at most ``last target position + 1`` rows (padding none)."""
+def factor_rows(batch: TokenBatch) -> int:
+    """An upper bound on the rows that carry a gradient factor (any leading axes): in a causal model a position
+    after the last predicting position gets no output-gradient, so example ``b`` contributes at most
+    ``last target position + 1`` rows (padding none)."""
     tpos = np.asarray(batch.target_pos)
     tmask = np.asarray(batch.target_mask) > 0
-    last = np.where(tmask, tpos, -1).max(axis=-1)
-    n = int(np.sum(last + 1))
-    return min(bucket(max(n, 1), minimum), int(np.asarray(batch.input_ids).size))
+    return int(np.sum(np.where(tmask, tpos, -1).max(axis=-1) + 1))
+
+
+def edit_row_bucket(batch: TokenBatch, minimum: int = 8) -> int:
+    """:func:`factor_rows` as a power-of-two bucket, a static bound for ``compute_edits(..., rows=)``."""
+    return min(bucket(max(factor_rows(batch), 1), minimum), int(np.asarray(batch.input_ids).size))
 
 
 def stack_batches(batches: Sequence[TokenBatch]) -> TokenBatch:

@@ -29,6 +29,14 @@ def edit_rows(factors: Factors, name: str):
     return u.reshape(-1, u.shape[-1]), d.reshape(-1, d.shape[-1]), factors.mask[name].reshape(-1)
 
 
+def gather_real_rows(mask: jax.Array, rows: int):
+    """Indices of the first ``rows`` rows where the flat ``mask`` [R] is set (in order, padded with 0), which of
+    them are real, and whether the mask has more real rows than ``rows`` (callers make that edit NaN: loud)."""
+    n_real = jnp.sum(mask > 0)
+    (idx,) = jnp.nonzero(mask > 0, size=rows, fill_value=0)
+    return idx, jnp.arange(rows) < n_real, n_real > rows
+
+
 def compute_edits(editor: Editor, params: Mapping, state: Mapping, factors: Factors,
                   rows: int | None = None) -> dict[str, LowRankEdit]:
     """Per edited layer, the low-rank update ``-alpha_l * sum_r u~_r^T delta~_r`` (rows of every example summed:
@@ -42,11 +50,10 @@ def compute_edits(editor: Editor, params: Mapping, state: Mapping, factors: Fact
     for i, name in enumerate(editor.spec.layers):
         u, d, m = edit_rows(factors, name)
         if rows is not None and rows < m.shape[0]:
-            n_real = jnp.sum(m > 0)
-            (idx,) = jnp.nonzero(m > 0, size=rows, fill_value=0)
-            u, d, m = u[idx], d[idx], jnp.where(jnp.arange(rows) < n_real, m[idx], 0.0)
+            idx, valid, overflow = gather_real_rows(m, rows)
+            u, d, m = u[idx], d[idx], jnp.where(valid, m[idx], 0.0)
             # a bound too small would silently drop rows: make that edit NaN (loud) instead
-            scales[name] = jnp.where(n_real > rows, jnp.nan, -params["edit_lrs"][i])
+            scales[name] = jnp.where(overflow, jnp.nan, -params["edit_lrs"][i])
         else:
             scales[name] = -params["edit_lrs"][i]
         us[name], ds[name], ms[name] = u, d, m

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from mend_jax.data import EditRecord, sample_training_loc
-from mend_jax.editing.batch import TokenBatch, encode_examples, stack_batches, tokenize_pair
+from mend_jax.editing.batch import encode_examples, stack_batches, tokenize_pair
 from mend_jax.errors import InputTooLongError, InvalidEditError
 from mend_jax.training.step import MetaBatch
 
@@ -145,21 +145,13 @@ def step_layout(step_shapes: Sequence[tuple[int, int]], step: int) -> tuple[int,
     return n, k, cycle * per_cycle + sum(a * b for a, b in step_shapes[:pos])
 
 
-def factor_rows(edit: TokenBatch) -> int:
-    """An upper bound on the factor rows of a step's edit batch (any leading axes): in a causal model only the
-    positions up to an example's last predicting position get an output-gradient, so example ``b`` has at most
-    ``last target position + 1`` rows."""
-    tpos = np.asarray(edit.target_pos)
-    tmask = np.asarray(edit.target_mask) > 0
-    return int(np.sum(np.where(tmask, tpos, -1).max(axis=-1) + 1))
-
-
 def row_budget(tokenizer, records: Sequence[EditRecord], n_examples: int, shapes: Shapes,
                sigmas: float = 4.0, multiple: int = 16) -> int:
     """The static number of editor rows for steps of ``n_examples`` edit examples (``StepHParams.rows``): their
     expected factor rows plus ``sigmas`` standard deviations (an edit example of record ``r`` always has
     ``len(prompt + target) - 1`` rows), rounded up to ``multiple``, at most every position. A step whose batch has
-    more (:func:`factor_rows`) runs the full step instead, so the bound only decides speed, never the result."""
+    more (:func:`mend_jax.editing.batch.factor_rows`) runs the full step instead, so the bound only decides speed,
+    never the result."""
     seen: dict[int, int | None] = {}  # a record repeated in the mix is tokenised once
     rows = []
     for r in records:

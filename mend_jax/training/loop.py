@@ -19,8 +19,9 @@ from mend_jax.checkpoints import EditorCheckpoints, check_fingerprint, model_fin
 from mend_jax.data import load_records
 from mend_jax.editing.editor import EditorConfig, EditorSpec, mend_editor
 from mend_jax.errors import CheckpointError, MendJaxError
-from mend_jax.training.batches import (DataOrder, Shapes, factor_rows, filter_records, own_loc_fits, row_budget,
-                                      step_layout, training_batch, validation_batches)
+from mend_jax.editing.batch import factor_rows
+from mend_jax.training.batches import (DataOrder, Shapes, filter_records, own_loc_fits, row_budget, step_layout,
+                                      training_batch, validation_batches)
 from mend_jax.training.config import TrainConfig
 from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
 
@@ -207,9 +208,10 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     step_shapes = cfg.step_shapes()
     # one jitted step per shape; on one device the editor runs on the step's real rows only (a static budget from
     # the data; a batch over it takes the full step, compiled when first needed): see StepHParams.rows
-    budgets = {(n, k): (row_budget(model.tokenizer, records, n * k, shapes) if placement.mesh is None else None)
-               for n, k in step_shapes}
-    budgets = {s: (b if b is not None and b < s[0] * s[1] * shapes.seq_len else None) for s, b in budgets.items()}
+    budgets = {}
+    for n, k in step_shapes:
+        b = row_budget(model.tokenizer, records, n * k, shapes) if placement.mesh is None else None
+        budgets[(n, k)] = b if b is not None and b < n * k * shapes.seq_len else None
     step_fns = {s: placement.train_step(editor, model.config, tx, dataclasses.replace(hp, rows=b), s[0])
                 for s, b in budgets.items()}
     full_fns = {}  # (n, k) -> the step over every position, for batches over the budget

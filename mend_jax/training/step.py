@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from mend_jax.editing.batch import TokenBatch
-from mend_jax.editing.edit import compute_edits
+from mend_jax.editing.edit import compute_edits, edit_rows, gather_real_rows
 from mend_jax.editing.editor import Editor
 from mend_jax.editing.factors import capture_factors
 from mend_jax.editing.losses import kl_pre_post, masked_nll, token_accuracy
@@ -72,11 +72,6 @@ def init_train_state(editor: Editor, tx, key) -> dict:
     return {"params": params, "stats": state, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def _flat_rows(factors, name):
-    u, d, m = factors.u[name], factors.delta[name], factors.mask[name]
-    return u.reshape(-1, u.shape[-1]), d.reshape(-1, d.shape[-1]), m.reshape(-1)
-
-
 def problem_edits(editor: Editor, eparams, stats, factors, rows: int | None = None) -> dict:
     """Per problem, the low-rank edits of its factors (fields with a leading axis N): ``{layer: LowRankEdit}`` with
     ``a``/``b`` of shape [N, W, ...].
@@ -90,14 +85,11 @@ def problem_edits(editor: Editor, eparams, stats, factors, rows: int | None = No
     if rows is None:
         return jax.vmap(lambda f: compute_edits(editor, eparams, stats, f))(factors)
     names = editor.spec.layers
-    us, ds, ms, pids, n_real = {}, {}, {}, {}, {}
+    n_prob, per = factors.mask[names[0]].shape[0], factors.mask[names[0]][0].size
+    us, ds, ms, pids, overflow = {}, {}, {}, {}, {}
     for name in names:
-        u, d, m = factors.u[name], factors.delta[name], factors.mask[name]
-        n_prob, per = m.shape[0], m[0].size
-        u, d, m = u.reshape(-1, u.shape[-1]), d.reshape(-1, d.shape[-1]), m.reshape(-1)
-        n_real[name] = jnp.sum(m > 0)
-        (idx,) = jnp.nonzero(m > 0, size=rows, fill_value=0)
-        valid = jnp.arange(rows) < n_real[name]
+        u, d, m = edit_rows(factors, name)
+        idx, valid, overflow[name] = gather_real_rows(m, rows)
         us[name], ds[name], ms[name] = u[idx], d[idx], jnp.where(valid, m[idx], 0.0)
         pids[name] = jnp.where(valid, idx // per, n_prob)  # padding rows belong to no problem
     out = editor.apply_all(eparams["nets"], stats, us, ds)
@@ -109,7 +101,7 @@ def problem_edits(editor: Editor, eparams, stats, factors, rows: int | None = No
         w = min(per, rows)
         win = jnp.minimum(starts[:, None] + jnp.arange(w)[None, :], rows - 1)  # [N, W]
         keep = (jnp.arange(w)[None, :] < counts[:, None]).astype(a.dtype)[..., None]
-        scale = jnp.where(n_real[name] > rows, jnp.nan, -eparams["edit_lrs"][i])
+        scale = jnp.where(overflow[name], jnp.nan, -eparams["edit_lrs"][i])
         edits[name] = LowRankEdit(a=a[win] * keep, b=b[win] * keep, scale=jnp.broadcast_to(scale, (n_prob,)))
     return edits
 
@@ -147,13 +139,11 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
     layers = editor.spec.layers
     first = min(layer_index(n) for n in layers)
 
-    if hp.edit_on_prompt:  # the edit batch is also scored under the edited model: keep its frozen-block states
-        pre_loss, factors, h_edit = jax.vmap(lambda b: capture_factors(base_params, cfg, b, layers,
-                                                                       return_hidden=True))(batch.edit)
-    else:
-        (pre_loss, factors), h_edit = jax.vmap(lambda b: capture_factors(base_params, cfg, b, layers))(batch.edit), None
+    # the frozen blocks' output on the edit batch comes back too: the prompt edit loss starts from it
+    pre_loss, factors, h_edit = jax.vmap(lambda b: capture_factors(base_params, cfg, b, layers,
+                                                                   return_hidden=True))(batch.edit)
     if update_stats and editor.norm:
-        rows = {n: _flat_rows(factors, n) for n in layers}
+        rows = {n: edit_rows(factors, n) for n in layers}
         stats = editor.update_state(stats, {n: r[0] for n, r in rows.items()}, {n: r[1] for n, r in rows.items()},
                                     {n: r[2] for n, r in rows.items()})
 
@@ -168,16 +158,11 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
 
     def loss_fn(ep):
         edits = problem_edits(editor, ep, stats, factors, hp.rows)
-        if hp.edit_on_prompt:
-            l_edit, l_loc, m = jax.vmap(
-                lambda e, eq, he, lo, hl, pl, ed, hd: edit_problem_losses(
-                    editor, cfg, base_params, e, eq, he, lo, hl, pl, first, edit=ed, h_edit=hd)
-            )(edits, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc, batch.edit, h_edit)
-        else:
-            l_edit, l_loc, m = jax.vmap(
-                lambda e, eq, he, lo, hl, pl: edit_problem_losses(editor, cfg, base_params, e, eq, he, lo, hl, pl,
-                                                                  first)
-            )(edits, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc)
+        prompt = (batch.edit, h_edit) if hp.edit_on_prompt else (None, None)  # None: no prompt term
+        l_edit, l_loc, m = jax.vmap(
+            lambda e, eq, he, lo, hl, pl, ed, hd: edit_problem_losses(
+                editor, cfg, base_params, e, eq, he, lo, hl, pl, first, edit=ed, h_edit=hd)
+        )(edits, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc, *prompt)
         per = {"loss": hp.c_edit * l_edit + hp.c_loc * l_loc, "loss/edit": l_edit, "loss/loc": l_loc,
                # capture_factors' loss sums the problem's k edits: report the mean per edit, comparable across k
                "loss/pre_edit": pre_loss / batch.edit.input_ids.shape[1], **m}
