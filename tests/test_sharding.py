@@ -330,3 +330,36 @@ def test_multi_host_helpers():
     sh = shd.named(mesh, ("embed", "mlp"), full.shape)
     arr = shd.place_from_callback(full.shape, np.float32, sh, lambda idx: full[idx])
     assert arr.sharding == sh and np.array_equal(np.asarray(arr), full)
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 4, 2), (2, 2, 2)])
+def test_sharded_load_reads_only_each_devices_slice(mesh_shape, monkeypatch):
+    """``load_model(shardings=...)`` equals the plain load, lands in the rules' shardings, and reads every split
+    tensor from the file slice by slice (never whole): the host never holds a sharded tensor."""
+    from conftest import GOLDEN
+    from mend_jax.weights import load_model
+    from mend_jax.weights.lazy_state import LazyTensor
+    folder = str(GOLDEN / "tiny_llama")
+    plain = load_model(folder, progress=False, with_tokenizer=False)
+    largest_read = {}
+    read = LazyTensor.__getitem__
+
+    def spy(self, index):
+        out = read(self, index)
+        largest_read[self.name] = max(largest_read.get(self.name, 0), out.size)
+        return out
+    monkeypatch.setattr(LazyTensor, "__getitem__", spy)
+    mesh = shd.make_mesh(mesh_shape)
+    sharded = load_model(folder, progress=False, with_tokenizer=False, shardings=shd.loader_shardings(mesh))
+    want = jax.tree.leaves(shd.param_shardings(plain.config, mesh))
+    split = 0
+    for (path, a), b, s in zip(jax.tree.leaves_with_path(sharded.params), jax.tree.leaves(plain.params), want):
+        assert a.sharding.is_equivalent_to(s, a.ndim), jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+        if not a.sharding.is_fully_replicated:
+            split += 1
+    assert split >= 6  # the attention and MLP kernels at least
+    full_size = {k: v.size for k, v in family_for(plain.config).to_hf_state(plain.params, plain.config).items()}
+    assert largest_read.keys() == full_size.keys()
+    n_whole = sum(1 for name, size in largest_read.items() if size == full_size[name])
+    assert n_whole == len(want) - split, "only fully replicated tensors may be read whole"

@@ -257,14 +257,17 @@ def head(params: Mapping, cfg: LlamaConfig, x: jax.Array, logits_at: jax.Array |
 
 # ----------------------------------------------------------------------------------------------- conversion
 def from_hf_state(state: Mapping[str, np.ndarray], cfg: LlamaConfig) -> dict:
-    """transformers state dict (numpy, HF names and layouts) -> params tree. Raises KeyError naming a missing tensor."""
+    """transformers state dict (HF names and layouts) -> params tree. Raises KeyError naming a missing tensor.
+
+    Only indexes and transposes the tensors (``.T``): numpy arrays give views, and the lazy tensors of
+    ``mend_jax.weights.lazy_state`` stay lazy, so the loader reads each device's shard straight from the file."""
     def get(name):
         if name not in state:
             raise KeyError(name)
         return state[name]
 
     def lin(prefix, bias):
-        d = {"kernel": np.ascontiguousarray(get(prefix + ".weight").T)}
+        d = {"kernel": get(prefix + ".weight").T}
         if bias:
             d["bias"] = get(prefix + ".bias")
         return d
@@ -281,7 +284,7 @@ def from_hf_state(state: Mapping[str, np.ndarray], cfg: LlamaConfig) -> dict:
     params = {"model": {"embed_tokens": {"embedding": get("model.embed_tokens.weight")}, "layers": layers,
                         "norm": {"scale": get("model.norm.weight")}}}
     if not cfg.tie_word_embeddings:
-        params["lm_head"] = {"kernel": np.ascontiguousarray(get("lm_head.weight").T)}
+        params["lm_head"] = {"kernel": get("lm_head.weight").T}
     return params
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from mend_jax.errors import ModelNotFoundError, WeightFileError
 from mend_jax.models import ModelConfig, config_from_hf, family_for
+from mend_jax.weights.lazy_state import open_state_dict
 from mend_jax.weights.registry import MODELS, ModelSpec
 
 HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
@@ -139,37 +140,6 @@ def _hub_snapshot(src: Source) -> Path:
             f"Without network, download the model folder elsewhere and pass its local path to --model") from e
 
 
-def read_state_dict(folder: Path, progress: bool = False) -> dict[str, np.ndarray]:
-    """All tensors of a transformers folder: ``model.safetensors`` or sharded files with an index."""
-    from safetensors import safe_open
-    from tqdm import tqdm
-    index = folder / "model.safetensors.index.json"
-    single = folder / "model.safetensors"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    elif single.is_file():
-        files = ["model.safetensors"]
-    else:
-        raise WeightFileError(f"no model.safetensors or model.safetensors.index.json in {folder}; "
-                              f"a transformers model folder needs its safetensors weights")
-    state = {}
-    for fname in tqdm(files, desc=f"reading {folder.name}", disable=not progress, unit="file"):
-        fpath = folder / fname
-        if not fpath.is_file():
-            raise WeightFileError(f"weight shard {fname} listed in the index is missing from {folder}")
-        try:
-            with safe_open(str(fpath), framework="numpy") as f:
-                for k in f.keys():
-                    state[k] = f.get_tensor(k)
-        except WeightFileError:
-            raise
-        except Exception as e:
-            raise WeightFileError(f"cannot read {fpath} ({type(e).__name__}: {e}); the file is truncated or "
-                                  f"corrupt: delete it (or the cache folder) and load again") from e
-    return state
-
-
 def load_config(folder: Path) -> ModelConfig:
     cpath = folder / "config.json"
     if not cpath.is_file():
@@ -186,8 +156,12 @@ def load_model(name_or_path: str, *, dtype=jnp.float32, shardings: Any = None, p
     """Load a model into a parameter pytree.
 
     ``shardings``: optional callable ``config -> pytree of jax.sharding.Sharding`` (see ``mend_jax.sharding``);
-    each tensor is placed straight into its sharding with ``jax.device_put`` (devices receive only their shard).
+    each device's shard is read from the safetensors file on its own (``sharding.place_from_callback`` over
+    :mod:`mend_jax.weights.lazy_state`), so no process holds a whole sharded tensor, and on a multi-host mesh each
+    process reads only its own devices' shards. Without shardings the tensors are read one at a time.
     """
+    from tqdm import tqdm
+    from mend_jax.sharding import place_from_callback
     from mend_jax.weights.tokenizer import load_tokenizer
     src = resolve_source(name_or_path)
     if src.kind == "gguf":
@@ -197,22 +171,28 @@ def load_model(name_or_path: str, *, dtype=jnp.float32, shardings: Any = None, p
     else:
         folder = Path(src.location)
     cfg = load_config(folder)
-    state = read_state_dict(folder, progress=progress)
     fam = family_for(cfg)
-    try:
-        host_params = fam.from_hf_state(state, cfg)
-    except KeyError as e:
-        raise WeightFileError(f"weights in {folder} do not match the config: tensor {e.args[0]} is missing") from e
-    expected = fam.param_shapes(cfg)
-    mismatch = [f"{jax.tree_util.keystr(p)}: {a.shape} vs {b.shape}"
-                for (p, a), b in zip(jax.tree.leaves_with_path(host_params), jax.tree.leaves(expected))
-                if tuple(a.shape) != tuple(b.shape)]
-    if mismatch:
-        raise WeightFileError(f"weights in {folder} do not match config.json: " + "; ".join(mismatch[:3]))
     shard_tree = shardings(cfg) if callable(shardings) else shardings
-    if shard_tree is None:
-        params = jax.tree.map(lambda a: jnp.asarray(a, dtype=dtype), host_params)
-    else:
-        params = jax.tree.map(lambda a, s: jax.device_put(np.asarray(a, dtype=dtype), s), host_params, shard_tree)
+    with open_state_dict(folder) as state:
+        try:
+            lazy_params = fam.from_hf_state(state, cfg)  # leaves are LazyTensors: nothing read yet
+        except KeyError as e:
+            raise WeightFileError(f"weights in {folder} do not match the config: tensor {e.args[0]} is missing") from e
+        expected = fam.param_shapes(cfg)
+        mismatch = [f"{jax.tree_util.keystr(p)}: {a.shape} vs {b.shape}"
+                    for (p, a), b in zip(jax.tree.leaves_with_path(lazy_params), jax.tree.leaves(expected))
+                    if tuple(a.shape) != tuple(b.shape)]
+        if mismatch:
+            raise WeightFileError(f"weights in {folder} do not match config.json: " + "; ".join(mismatch[:3]))
+        leaves, treedef = jax.tree.flatten(lazy_params)
+        shard_leaves = [None] * len(leaves) if shard_tree is None else treedef.flatten_up_to(shard_tree)
+        out = []
+        for leaf, sharding in zip(tqdm(leaves, desc=f"reading {folder.name}", disable=not progress, unit="tensor"),
+                                  shard_leaves):
+            if sharding is None:
+                out.append(jnp.asarray(np.asarray(leaf, dtype=dtype)))
+            else:  # each device's slice is read from the file on its own: no whole tensor on the host
+                out.append(place_from_callback(leaf.shape, dtype, sharding, leaf.__getitem__))
+    params = jax.tree.unflatten(treedef, out)
     tok = load_tokenizer(folder) if with_tokenizer else None
     return LoadedModel(src.name, cfg, params, tok, f"{src.kind}:{src.location}", folder)
