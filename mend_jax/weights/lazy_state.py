@@ -1,6 +1,6 @@
 """A transformers state dict whose tensors are read from safetensors only when (and as far as) they are needed.
 
-``open_state_dict(folder)`` maps each tensor name to a :class:`LazyTensor`: it knows its shape and dtype, and reads
+``open_state_dict(folder)`` maps each tensor name to a :class:`LazyTensor`: it knows its shape, and reads
 only the slice it is indexed with (``safetensors``' ``get_slice``). The model families' ``from_hf_state`` only
 index and transpose the tensors they are given, so the same conversion code builds a params tree of lazy leaves;
 ``load_model`` then fills each device's shard of a sharded parameter from exactly its slice of the file
