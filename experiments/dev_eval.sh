@@ -14,8 +14,8 @@ OUT=experiments/results
 TAG=${TAG:?TAG=name of the run, prefixes the result files}
 mkdir -p "$OUT"
 $M eval --editor "$RUN" --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ" \
-  --finetune-lr "$FT_LR" --json "$OUT/${TAG}_eval_zsre_dev_single.json"
+  --finetune-lr "$FT_LR" --per-record --json "$OUT/${TAG}_eval_zsre_dev_single.json"
 $M eval --editor "$RUN" --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ10" \
-  --edits-at-once 10 --no-finetune --json "$OUT/${TAG}_eval_zsre_dev_10at_once.json"
+  --edits-at-once 10 --no-finetune --per-record --json "$OUT/${TAG}_eval_zsre_dev_10at_once.json"
 $M eval --editor "$RUN" --data counterfact --file "$DATA/counterfact/counterfact-val.json" --records "0:$NC" \
-  --finetune-lr "$FT_LR" --json "$OUT/${TAG}_eval_counterfact_dev_single.json"
+  --finetune-lr "$FT_LR" --per-record --json "$OUT/${TAG}_eval_counterfact_dev_single.json"

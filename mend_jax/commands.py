@@ -21,6 +21,7 @@ def register(sub) -> None:
     e.add_argument("--finetune-steps", type=int, default=5)
     e.add_argument("--no-finetune", action="store_true")
     e.add_argument("--json", required=True, help="where to write the results")
+    e.add_argument("--per-record", action="store_true", help="also write every record's metrics (per_record)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("edit", help="apply one edit with a trained editor and show answers before/after")
@@ -94,7 +95,7 @@ def cmd_eval(args) -> int:
     ft = None if args.no_finetune else FineTuneConfig(args.finetune_lr, args.finetune_steps)
     t0 = time.time()
     res = evaluate(model, records, editor=editor, eparams=params, stats=stats, edits_at_once=args.edits_at_once,
-                   finetune_cfg=ft)
+                   finetune_cfg=ft, per_record=args.per_record)
     res.update({"data": args.data, "file": args.file, "records": args.records, "indices": args.indices,
                 "editor": str(args.editor), "editor_step": int(meta["step"]), "model": model.name,
                 "seconds": time.time() - t0})

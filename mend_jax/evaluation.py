@@ -93,8 +93,10 @@ def _dense_as_params(base_params, deltas):
 
 def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=None, stats=None,
              edits_at_once: int = 1, finetune_cfg: FineTuneConfig | None = None, progress: bool = True,
-             seed: int = 0) -> dict:
-    """Evaluate on ``records`` (``EditRecord``); returns a JSON-able dict with per-method aggregate metrics."""
+             seed: int = 0, per_record: bool = False) -> dict:
+    """Evaluate on ``records`` (``EditRecord``); returns a JSON-able dict with per-method aggregate metrics, and
+    with ``per_record`` also every record's values (``out["per_record"]``: the records' ``index`` and, per method,
+    one list per metric in the same order) for looking at which edits fail."""
     from tqdm import tqdm
     if editor is not None and editor.norm and not stats_initialised(stats):
         raise MendJaxError("the editor's normalisation statistics are not initialised (no training edit was seen): "
@@ -152,4 +154,6 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
         out[m] = res
     if finetune_cfg:
         out["finetune_config"] = dataclasses.asdict(finetune_cfg)
+    if per_record:
+        out["per_record"] = {"index": [r.index for g in groups for r in g], **acc}
     return out

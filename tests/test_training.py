@@ -71,8 +71,13 @@ def test_evaluation_reports_every_method(tiny_lm):
     params, stats = editor.init(jax.random.key(0))
     records = list(load_records("demo", records="100:104"))
     res = evaluate(tiny_lm, records, editor=editor, eparams=params, stats=stats, edits_at_once=2,
-                   finetune_cfg=FineTuneConfig(1e-2, 2), progress=False)
+                   finetune_cfg=FineTuneConfig(1e-2, 2), progress=False, per_record=True)
     assert res["n_records"] == 4 and res["edits_at_once"] == 2
+    rows = res["per_record"]
+    assert rows["index"] == [r.index for r in records]
+    for m in ("unedited", "mend", "finetune"):  # the aggregates are the means of the per-record values
+        for k, values in rows[m].items():
+            assert len(values) == 4 and res[m][k] == pytest.approx(np.mean(values), abs=1e-12), (m, k)
     assert res["unedited"]["locality_token"] == 1.0 and res["unedited"]["drawdown_token"] == 0.0
     for m in ("mend", "finetune"):
         for k in ("reliability_token", "reliability_exact", "generalization_token", "locality_token",
