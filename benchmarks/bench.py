@@ -71,7 +71,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--rank", type=int, default=1920, help="editor rank (the paper's 1920; see README)")
+    ap.add_argument("--rank", type=int, default=512,
+                    help="editor rank (default: `mend-jax train`'s 512; the paper's is 1920; see README)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="base model weights (the editor always computes in float32)")
     ap.add_argument("--json", default=None)
