@@ -1,6 +1,6 @@
 """A transformers state dict whose tensors are read from safetensors only when (and as far as) they are needed.
 
-``open_state_dict(folder)`` maps each tensor name to a :class:`LazyTensor`: it knows its shape, and reads
+``LazyStateDict(folder)`` maps each tensor name to a :class:`LazyTensor`: it knows its shape, and reads
 only the slice it is indexed with (``safetensors``' ``get_slice``). The model families' ``from_hf_state`` only
 index and transpose the tensors they are given, so the same conversion code builds a params tree of lazy leaves;
 ``load_model`` then fills each device's shard of a sharded parameter from exactly its slice of the file
@@ -30,15 +30,13 @@ def _normalise(index, ndim: int) -> tuple[slice, ...]:
 
 class LazyTensor:
     """One tensor of a safetensors file (or its transpose), read on indexing: ``t[idx]`` -> numpy slice,
-    ``np.asarray(t)`` -> the whole tensor. ``reads`` (shared by a tensor and its transposes) counts the elements
-    read from the file, for tests and diagnostics."""
+    ``np.asarray(t)`` -> the whole tensor."""
 
-    def __init__(self, handle, name: str, transposed: bool = False, reads: list | None = None):
+    def __init__(self, handle, name: str, transposed: bool = False):
         self._handle, self.name, self._transposed = handle, name, transposed
         self._slice = handle.get_slice(name)
         shape = tuple(self._slice.get_shape())
         self.shape = shape[::-1] if transposed else shape
-        self.reads = reads if reads is not None else []
 
     @property
     def ndim(self) -> int:
@@ -48,7 +46,7 @@ class LazyTensor:
     def T(self) -> "LazyTensor":  # noqa: N802 (numpy's name)
         if self.ndim != 2:
             raise TypeError(f"LazyTensor {self.name}: only 2-D tensors are transposed lazily, got {self.shape}")
-        return LazyTensor(self._handle, self.name, not self._transposed, self.reads)
+        return LazyTensor(self._handle, self.name, not self._transposed)
 
     def __getitem__(self, index) -> np.ndarray:
         index = _normalise(index, self.ndim)
@@ -60,7 +58,6 @@ class LazyTensor:
         except Exception as e:
             raise WeightFileError(f"cannot read tensor {self.name} ({type(e).__name__}: {e}); the file is truncated "
                                   f"or corrupt: delete it (or the cache folder) and load again") from e
-        self.reads.append(out.size)
         return out
 
     def __array__(self, dtype=None, copy=None):
@@ -88,7 +85,6 @@ class LazyStateDict(Mapping):
                                   f"a transformers model folder needs its safetensors weights")
         self._stack = contextlib.ExitStack()
         self._where: dict[str, object] = {}
-        self.reads: list[int] = []
         for fname in files:
             fpath = folder / fname
             if not fpath.is_file():
@@ -106,7 +102,10 @@ class LazyStateDict(Mapping):
     def __getitem__(self, name: str) -> LazyTensor:
         if name not in self._where:
             raise KeyError(name)
-        return LazyTensor(self._where[name], name, reads=self.reads)
+        return LazyTensor(self._where[name], name)
+
+    def __contains__(self, name) -> bool:  # without opening the tensor (Mapping's default would)
+        return name in self._where
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
@@ -123,6 +122,3 @@ class LazyStateDict(Mapping):
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def open_state_dict(folder: Path) -> LazyStateDict:
-    return LazyStateDict(folder)

@@ -21,7 +21,7 @@ import numpy as np
 
 from mend_jax.errors import ModelNotFoundError, WeightFileError
 from mend_jax.models import ModelConfig, config_from_hf, family_for
-from mend_jax.weights.lazy_state import open_state_dict
+from mend_jax.weights.lazy_state import LazyStateDict
 from mend_jax.weights.registry import MODELS, ModelSpec
 
 HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
@@ -173,7 +173,7 @@ def load_model(name_or_path: str, *, dtype=jnp.float32, shardings: Any = None, p
     cfg = load_config(folder)
     fam = family_for(cfg)
     shard_tree = shardings(cfg) if callable(shardings) else shardings
-    with open_state_dict(folder) as state:
+    with LazyStateDict(folder) as state:
         try:
             lazy_params = fam.from_hf_state(state, cfg)  # leaves are LazyTensors: nothing read yet
         except KeyError as e:
