@@ -33,6 +33,7 @@ from mend_jax.editing.batch import encode_examples, factor_rows
 from mend_jax.editing.losses import masked_nll
 from mend_jax.models import family_for, layer_index
 from mend_jax.training.batches import DataOrder, Shapes, filter_records, row_budget, training_batch
+from mend_jax.training.config import TrainConfig
 from mend_jax.training.step import StepHParams, init_train_state, make_optimizer, make_train_step
 
 
@@ -71,8 +72,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--rank", type=int, default=512,
-                    help="editor rank (default: `mend-jax train`'s 512; the paper's is 1920; see README)")
+    ap.add_argument("--rank", type=int, default=TrainConfig().rank,
+                    help="editor rank (default: `mend-jax train`'s; the paper's is 1920; see README)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="base model weights (the editor always computes in float32)")
     ap.add_argument("--json", default=None)

@@ -61,7 +61,10 @@ def register(sub) -> None:
     m = sub.add_parser("demo", help="train a small editor on the shipped demo facts for a few minutes, then edit")
     m.add_argument("--model", default="smollm2-135m")
     m.add_argument("--out", default="runs/demo")
-    m.add_argument("--minutes", type=float, default=4.0)
+    m.add_argument("--steps", type=int, default=200,
+                   help="training steps (a fixed number: the same editor on every run of the demo)")
+    m.add_argument("--minutes", type=float, default=30.0,
+                   help="a safety cap: stop training earlier than --steps after this many minutes")
     m.add_argument("--data", default="demo", help="demo (shipped) or zsre/counterfact with --train-file")
     m.add_argument("--train-file", default=None)
     m.set_defaults(func=cmd_demo)
@@ -144,10 +147,11 @@ def cmd_demo(args) -> int:
     model = load_model(args.model)
     cfg = TrainConfig(model=args.model, data=(args.data,), train_files=(args.train_file,),
                       train_records="0:100" if args.data == "demo" else None, dev_data="demo", dev_file=None,
-                      dev_records="100:", rank=256, steps=2000, edits_per_step=4, lr=1e-4, lr_lr=1e-5,
+                      dev_records="100:", rank=256, steps=args.steps, edits_per_step=4, lr=1e-4, lr_lr=1e-5,
                       edit_lr_init=1e-4, val_every=25, val_size=16, ckpt_every=25, max_minutes=args.minutes,
-                      out=args.out, seq_len=16, target_len=4, loc_len=16)
-    print(f"training a small editor (rank 256) on {args.data} facts for {args.minutes} minutes -> {args.out}")
+                      out=args.out, seq_len=16, target_len=4, loc_len=16, edit_loss_on="both", hidden_cache=True)
+    print(f"training a small editor (rank 256) on {args.data} facts for {args.steps} steps (at most "
+          f"{args.minutes} minutes) -> {args.out}")
     summary = train(cfg, model=model)
     print(json.dumps(summary))
     editor, params, stats, meta = load_editor(args.out, model, which="latest")

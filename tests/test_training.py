@@ -276,3 +276,57 @@ def test_a_batch_over_the_row_budget_takes_the_full_step(tiny_lm, tmp_path, monk
     assert [r["finite"] for r in logs[1]] == [1.0, 1.0, 1.0]
     for key in ("loss", "loss/edit", "loss/loc", "edit_acc"):
         np.testing.assert_allclose(logs[1][0][key], logs[0][0][key], rtol=1e-5, err_msg=key)
+
+
+def test_step_on_cached_hidden_states_equals_the_step_that_runs_the_frozen_blocks(tiny_lm, tmp_path):
+    """``training.frozen_cache``: the frozen blocks run once per distinct training input; a step handed those hidden
+    states (``hidden=``) gives the loss, metrics and updated editor of the step that runs the frozen blocks itself,
+    and so does a training run (the loop's default) against one with ``hidden_cache=False``."""
+    import dataclasses
+    from mend_jax.models import layer_index
+    from mend_jax.training.batches import own_loc_fits
+    from mend_jax.training.frozen_cache import FrozenHiddenCache, training_inputs
+    from mend_jax.training.loop import train
+    editor, records = setup(tiny_lm)
+    first = min(layer_index(n) for n in editor.spec.layers)
+    assert first > 0  # the tiny model has frozen blocks below the edited ones
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    batch = training_batch(tiny_lm.tokenizer, records, DataOrder(len(records), 0), 0, 3, SHAPES, 128,
+                           edits_per_problem=2, train_loc="mix")
+    cache = FrozenHiddenCache(tiny_lm, first, chunk=4)
+    own = own_loc_fits(tiny_lm.tokenizer, records, SHAPES)
+    added = cache.add(training_inputs(tiny_lm.tokenizer, records, "mix", own, SHAPES.seq_len))
+    assert added == len(cache) > 0 and cache.nbytes > 0
+    assert cache.add(training_inputs(tiny_lm.tokenizer, records, "mix", own, SHAPES.seq_len)) == 0  # kept
+    hidden = cache.for_batch(batch)
+    assert cache.misses == 0  # every input a problem can hold was announced
+    fam = tiny_lm.family
+    ref = jax.vmap(lambda b: fam.hidden_before(tiny_lm.params, tiny_lm.config, b.input_ids, b.attention_mask,
+                                               first))(batch.loc)
+    real = np.asarray(batch.loc.attention_mask)[..., None]
+    np.testing.assert_allclose(np.asarray(hidden.loc) * real, np.asarray(ref) * real, rtol=1e-5, atol=1e-5)
+    assert np.all(np.asarray(hidden.loc)[np.broadcast_to(real == 0, hidden.loc.shape)] == 0)
+
+    step = make_train_step(editor, tiny_lm.config, tx, StepHParams(edit_on_prompt=True), donate=False)
+    ts_a, m_a = step(ts, tiny_lm.params, batch)
+    ts_b, m_b = step(ts, tiny_lm.params, batch, hidden)
+    for key in m_a:
+        np.testing.assert_allclose(m_b[key], m_a[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-7), ts_b["params"], ts_a["params"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ts_b["stats"], ts_a["stats"])
+
+    # an input nobody announced is computed on first use (and counted), with the same values
+    late = FrozenHiddenCache(tiny_lm, first)
+    with pytest.warns(UserWarning, match="not announced"):
+        h2 = late.for_batch(batch)
+    assert late.misses > 0
+    np.testing.assert_allclose(np.asarray(h2.equiv), np.asarray(hidden.equiv), rtol=1e-5, atol=1e-5)
+
+    runs = {c: train(dataclasses.replace(_tiny_cfg(tmp_path / str(c), 2), hidden_cache=c), model=tiny_lm,
+                     progress=False) for c in (True, False)}
+    assert runs[True]["hidden_cache_minutes"] > 0 and runs[False]["hidden_cache_minutes"] == 0
+    logs = {c: [json.loads(r) for r in (tmp_path / str(c) / "log.jsonl").read_text().splitlines()] for c in runs}
+    for key in ("loss", "loss/edit", "loss/loc", "edit_acc", "grad_norm"):
+        np.testing.assert_allclose([r[key] for r in logs[True]], [r[key] for r in logs[False]], rtol=1e-4,
+                                   err_msg=key)

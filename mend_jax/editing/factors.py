@@ -50,13 +50,15 @@ def edit_loss_fn(params, cfg, batch: TokenBatch, hooks: LinearHooks, first_layer
     return per_edit.sum()
 
 
-def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], return_hidden: bool = False):
+def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], return_hidden: bool = False,
+                    hidden=None):
     """``(loss, factors)``: the edit loss (per edit example the token-mean NLL of its targets, summed over the
     examples: see :func:`edit_loss_fn`) and the factors of ``layers``. Pure; jit it with ``cfg`` static.
 
     ``return_hidden``: also return the (gradient-stopped) hidden state entering the lowest edited block,
     ``(loss, factors, hidden)``, for callers that run the same batch through the edited model next (it does not
-    depend on the edit, so they can start there instead of recomputing the frozen blocks)."""
+    depend on the edit, so they can start there instead of recomputing the frozen blocks). ``hidden``: that state,
+    computed earlier (e.g. ``training.frozen_cache``), [B, T, D]; the frozen blocks are then not run at all."""
     fam = family_for(cfg)
     shapes = fam.linear_layers(cfg)
     missing = [n for n in layers if n not in shapes]
@@ -64,7 +66,8 @@ def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], retur
         from mend_jax.errors import unknown_layers
         raise unknown_layers(missing, shapes)
     first = min(layer_index(n) for n in layers)
-    hidden = fam.hidden_before(params, cfg, batch.input_ids, batch.attention_mask, first)
+    if hidden is None:
+        hidden = fam.hidden_before(params, cfg, batch.input_ids, batch.attention_mask, first)
     hidden = jax.lax.stop_gradient(hidden)
     b, t = batch.input_ids.shape
     dtype = hidden.dtype

@@ -56,6 +56,11 @@ def register(sub) -> None:
         elif f.name == "edit_loss_on":
             p.add_argument(flag, choices=["equiv", "both"], default=f.default,
                            help="edit loss on the rephrase only (MEND) or on the rephrase and the edit prompt")
+        elif f.name == "hidden_cache":
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
+                           help="compute the frozen blocks' hidden states once per distinct training input at the "
+                                "start (memory: real tokens x hidden size x 4 bytes) instead of in every step; "
+                                "one device only")
         elif f.name == "init_from":
             p.add_argument(flag, default=None, help="warm start: the editor (not the optimizer state) of another "
                                                    "run's best checkpoint, e.g. its --out folder")

@@ -60,6 +60,9 @@ class TrainConfig:
     base_dtype: str = "float32"
     # device mesh "data,fsdp,tensor" (e.g. "1,4,2"), "auto", or None for one device; a run may resume on another
     mesh: str | None = None
+    # run the frozen blocks below the edited ones once per distinct training input at the start, instead of in
+    # every step (training.frozen_cache; one device only; costs real tokens x hidden size x 4 bytes of memory)
+    hidden_cache: bool = False
     # warm start: editor parameters and statistics (not the optimizer state) of another run's best checkpoint;
     # only read when --out holds no checkpoint yet
     init_from: str | None = None
@@ -86,6 +89,7 @@ class TrainConfig:
         d.setdefault("base_dtype", "float32")
         d.setdefault("schedule", None)
         d.setdefault("edit_loss_on", "equiv")
+        d.setdefault("hidden_cache", False)
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

@@ -22,7 +22,9 @@ from mend_jax.errors import CheckpointError, MendJaxError
 from mend_jax.editing.batch import factor_rows
 from mend_jax.training.batches import (DataOrder, Shapes, filter_records, own_loc_fits, row_budget, step_layout,
                                       training_batch, validation_batches)
+from mend_jax.models import layer_index
 from mend_jax.training.config import TrainConfig
+from mend_jax.training.frozen_cache import FrozenHiddenCache, training_inputs
 from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
 
 VAL_KEY = "loss"  # early stopping on c_edit * L_edit + c_loc * L_loc on dev (MEND's loss/total_edit_val)
@@ -183,7 +185,9 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     cfg_path = out / "train_config.json"
     if cfg_path.is_file():
         saved = TrainConfig.from_json(json.loads(cfg_path.read_text()))
-        free = ("steps", "max_minutes", "patience", "mesh")  # may change between a run and its resumption
+        # may change between a run and its resumption (hidden_cache: the same step up to float rounding; out: a
+        # run folder may move)
+        free = ("steps", "max_minutes", "patience", "mesh", "hidden_cache", "out")
         same = {k: v for k, v in saved.to_json().items() if k not in free}
         now = {k: v for k, v in cfg.to_json().items() if k not in free}
         if same != now:
@@ -223,6 +227,17 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         if (n, k) not in full_fns:
             full_fns[(n, k)] = placement.train_step(editor, model.config, tx, hp, n)
         return full_fns[(n, k)]
+    # the frozen blocks once per distinct input (one device): each step then runs only the edited blocks and the head
+    cache, cache_s = None, 0.0
+    if cfg.hidden_cache and placement.mesh is None:
+        first = min(layer_index(name) for name in editor.spec.layers)
+        cache = FrozenHiddenCache(model, first)
+        t_cache = time.time()
+        cache.add(training_inputs(model.tokenizer, records, cfg.train_loc, own_ok,
+                                  max(shapes.seq_len, shapes.loc_len)), progress=progress)
+        cache_s = time.time() - t_cache  # training time: counted in --max-minutes and the summary
+        placement.log(f"frozen blocks 0-{first - 1} cached for {len(cache)} distinct inputs "
+                      f"({cache.nbytes / 2**30:.2f} GiB, {cache_s:.0f} s)")
     placement.log("editor rows per step: " + ", ".join(f"{n}x{k}: {b or n * k * shapes.seq_len} of "
                                                         f"{n * k * shapes.seq_len}" for (n, k), b in budgets.items()))
     eval_fn = placement.eval_step(editor, model.config, hp)
@@ -280,7 +295,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                                                model.config.max_position_embeddings, cfg.train_loc, own_ok,
                                                problems=placement.rows(n), edits_per_problem=k,
                                                start=first_example), n)
-        ts, metrics = step_fn(n, k, batch)(ts, model.params, batch)
+        hidden = (cache.for_batch(batch),) if cache is not None else ()
+        ts, metrics = step_fn(n, k, batch)(ts, model.params, batch, *hidden)
         step += 1
         bar.update(1)
         row = {"step": step, "time": time.time() - t0, "edits_per_problem": k,
@@ -309,14 +325,15 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
             break
         if limit_t0 is None:
             limit_t0 = time.time()  # the time limit counts training, not the first step's compilation
-        if cfg.max_minutes and (time.time() - limit_t0) / 60 > cfg.max_minutes:
+        if cfg.max_minutes and (time.time() - limit_t0 + cache_s) / 60 > cfg.max_minutes:
             stopped = "time limit"
             if last_saved != step:
                 ckpt.save(step, ts, meta_dict(step))
             break
     bar.close()
     ckpt.close()
-    summary = {"steps": step, "stopped": stopped, "best_val_loss": best if math.isfinite(best) else None, "minutes": (time.time() - t0) / 60,
+    summary = {"steps": step, "stopped": stopped, "best_val_loss": best if math.isfinite(best) else None,
+               "minutes": (time.time() - t0 + cache_s) / 60, "hidden_cache_minutes": cache_s / 60,
                "n_train_records": len(records), "out": str(out)}
     if placement.main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

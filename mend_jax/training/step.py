@@ -12,7 +12,9 @@ a locality example:
    non-finite).
 
 The blocks below the lowest edited layer do not depend on the edit: their hidden states are computed once per
-input (no gradient) and reused by the pre- and post-edit passes.
+input (no gradient) and reused by the pre- and post-edit passes; or the step is handed them (``hidden=``, a
+``training.frozen_cache.FrozenHidden``, computed once per distinct input of the whole run) and runs only the edited
+blocks and the head.
 
 ``StepHParams.rows`` (static): run the editor once over the first ``rows`` real factor rows of all N problems
 together, gathered into a fixed-size buffer, instead of over every padded position of every problem. The editor
@@ -133,25 +135,27 @@ def edit_problem_losses(editor: Editor, cfg, base_params, edits, equiv: TokenBat
 
 
 def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, stats, batch: MetaBatch,
-                 update_stats: bool):
-    """Shared by the training step and validation: returns (new_stats, loss_fn(eparams) -> (loss, metrics))."""
+                 update_stats: bool, hidden=None):
+    """Shared by the training step and validation: returns (new_stats, loss_fn(eparams) -> (loss, metrics)).
+    ``hidden``: the frozen blocks' output on the batch's three inputs (``FrozenHidden``), if computed already."""
     fam = family_for(cfg)
     layers = editor.spec.layers
     first = min(layer_index(n) for n in layers)
 
     # the frozen blocks' output on the edit batch comes back too: the prompt edit loss starts from it
-    pre_loss, factors, h_edit = jax.vmap(lambda b: capture_factors(base_params, cfg, b, layers,
-                                                                   return_hidden=True))(batch.edit)
+    pre_loss, factors, h_edit = jax.vmap(lambda b, h: capture_factors(base_params, cfg, b, layers,
+                                                                      return_hidden=True, hidden=h))(
+        batch.edit, None if hidden is None else hidden.edit)
     if update_stats and editor.norm:
         rows = {n: edit_rows(factors, n) for n in layers}
         stats = editor.update_state(stats, {n: r[0] for n, r in rows.items()}, {n: r[1] for n, r in rows.items()},
                                     {n: r[2] for n, r in rows.items()})
 
-    def hidden(tb):
+    def hidden_of(tb):
         return jax.vmap(lambda b: fam.hidden_before(base_params, cfg, b.input_ids, b.attention_mask, first))(tb)
 
-    h_equiv = jax.lax.stop_gradient(hidden(batch.equiv))
-    h_loc = jax.lax.stop_gradient(hidden(batch.loc))
+    h_equiv = jax.lax.stop_gradient(hidden_of(batch.equiv) if hidden is None else hidden.equiv)
+    h_loc = jax.lax.stop_gradient(hidden_of(batch.loc) if hidden is None else hidden.loc)
     pre_loc = jax.vmap(lambda b, h: fam.forward(base_params, cfg, b.input_ids, b.attention_mask, first_layer=first,
                                                 hidden=h))(batch.loc, h_loc)
     pre_loc = jax.lax.stop_gradient(pre_loc)
@@ -173,12 +177,14 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
 
 
 def make_train_step(editor: Editor, cfg, tx, hp: StepHParams = StepHParams(), donate: bool = True, jit: bool = True):
-    """``step(train_state, base_params, batch) -> (train_state, metrics)``, jitted (``train_state`` donated), or the
-    plain function with ``jit=False`` (``sharded_steps.sharded_train_step`` jits it with explicit shardings)."""
+    """``step(train_state, base_params, batch, hidden=None) -> (train_state, metrics)``, jitted (``train_state``
+    donated), or the plain function with ``jit=False`` (``sharded_steps.sharded_train_step`` jits it with explicit
+    shardings). ``hidden``: the batch's ``FrozenHidden`` from a ``FrozenHiddenCache`` (the frozen blocks are then
+    not run; one more compilation than without)."""
 
-    def step(ts: dict, base_params: Any, batch: MetaBatch):
+    def step(ts: dict, base_params: Any, batch: MetaBatch, hidden=None):
         stats, loss_fn = meta_forward(editor, cfg, hp, base_params, ts["params"], ts["stats"], batch,
-                                      hp.update_stats)
+                                      hp.update_stats, hidden)
         (loss, (metrics, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts["params"])
         updates, opt_state = tx.update(grads, ts["opt_state"], ts["params"])
         params = optax.apply_updates(ts["params"], updates)
