@@ -330,3 +330,20 @@ def test_step_on_cached_hidden_states_equals_the_step_that_runs_the_frozen_block
     for key in ("loss", "loss/edit", "loss/loc", "edit_acc", "grad_norm"):
         np.testing.assert_allclose([r[key] for r in logs[True]], [r[key] for r in logs[False]], rtol=1e-4,
                                    err_msg=key)
+
+
+def test_a_moved_run_folder_resumes_and_another_configuration_is_refused(tiny_lm, tmp_path):
+    """The resume check compares what the run computes, not where it lives: a run folder moved elsewhere (or
+    resumed with the hidden cache switched) continues from its checkpoint; a changed learning rate is refused."""
+    import dataclasses
+    import shutil
+    from mend_jax.errors import CheckpointError
+    from mend_jax.training.loop import train
+    train(_tiny_cfg(tmp_path / "a", 2), model=tiny_lm, progress=False)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    out = train(dataclasses.replace(_tiny_cfg(tmp_path / "b", 3), hidden_cache=True), model=tiny_lm, progress=False)
+    assert out["steps"] == 3
+    steps = [json.loads(r)["step"] for r in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # continued from step 2, not restarted
+    with pytest.raises(CheckpointError, match="lr"):
+        train(dataclasses.replace(_tiny_cfg(tmp_path / "b", 4), lr=5e-4), model=tiny_lm, progress=False)
