@@ -229,7 +229,9 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         return full_fns[(n, k)]
     # the frozen blocks once per distinct input (one device): each step then runs only the edited blocks and the head
     cache, cache_s = None, 0.0
-    if cfg.hidden_cache and placement.mesh is None:
+    if cfg.hidden_cache and placement.mesh is not None:
+        placement.log("--hidden-cache is for one device: the mesh step recomputes the frozen blocks itself")
+    elif cfg.hidden_cache:
         first = min(layer_index(name) for name in editor.spec.layers)
         cache = FrozenHiddenCache(model, first)
         t_cache = time.time()
