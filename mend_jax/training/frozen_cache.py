@@ -71,9 +71,6 @@ class FrozenHiddenCache:
     def __len__(self) -> int:
         return len(self._index)
 
-    def __contains__(self, ids) -> bool:
-        return _key(ids) in self._index
-
     @property
     def nbytes(self) -> int:
         return 0 if self._store is None else self._fill * self.dim * self._store.dtype.itemsize
