@@ -4,6 +4,8 @@
 # writes experiments/results/${TAG}_eval_*.json
 # FT_LR: the fine-tuning baseline's learning rate, tuned with experiments/tune_finetune.py on dev records.
 # WHICH=latest evaluates the run's last checkpoint instead of its best by dev loss (default best).
+# EVAL_ARGS="--project-out 16 --edit-scale 4" composes the editor with the projection of editing/projection.py
+# (tuned with experiments/tune_projection.py on dev records).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:?editor folder}
@@ -14,10 +16,11 @@ M=.venv/bin/mend-jax
 OUT=experiments/results
 TAG=${TAG:?TAG=name of the run, prefixes the result files}
 WHICH=${WHICH:-best}
+read -r -a EXTRA <<< "${EVAL_ARGS:-}"
 mkdir -p "$OUT"
-$M eval --editor "$RUN" --which "$WHICH" --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ" \
+$M eval --editor "$RUN" --which "$WHICH" ${EXTRA[@]+"${EXTRA[@]}"} --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ" \
   --finetune-lr "$FT_LR" --per-record --json "$OUT/${TAG}_eval_zsre_dev_single.json"
-$M eval --editor "$RUN" --which "$WHICH" --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ10" \
+$M eval --editor "$RUN" --which "$WHICH" ${EXTRA[@]+"${EXTRA[@]}"} --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ10" \
   --edits-at-once 10 --no-finetune --per-record --json "$OUT/${TAG}_eval_zsre_dev_10at_once.json"
-$M eval --editor "$RUN" --which "$WHICH" --data counterfact --file "$DATA/counterfact/counterfact-val.json" --records "0:$NC" \
+$M eval --editor "$RUN" --which "$WHICH" ${EXTRA[@]+"${EXTRA[@]}"} --data counterfact --file "$DATA/counterfact/counterfact-val.json" --records "0:$NC" \
   --finetune-lr "$FT_LR" --per-record --json "$OUT/${TAG}_eval_counterfact_dev_single.json"

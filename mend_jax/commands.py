@@ -22,6 +22,13 @@ def register(sub) -> None:
     e.add_argument("--no-finetune", action="store_true")
     e.add_argument("--json", required=True, help="where to write the results")
     e.add_argument("--per-record", action="store_true", help="also write every record's metrics (per_record)")
+    e.add_argument("--project-out", type=int, default=0, metavar="R",
+                   help="remove from the editor's pseudo-inputs the top R directions of unrelated inputs of the "
+                        "editor's training data (editing/projection.py; 0: off, plain MEND)")
+    e.add_argument("--projection-inputs", type=int, default=1024,
+                   help="unrelated training inputs the directions of --project-out are measured on")
+    e.add_argument("--edit-scale", type=float, default=1.0,
+                   help="multiply the editor's learned step sizes (tune on dev records; 1: as trained)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("edit", help="apply one edit with a trained editor and show answers before/after")
@@ -87,10 +94,24 @@ def _load(args, editor_dir):
     return model, editor, params, stats, meta
 
 
+def _eval_transform(args, model, editor, params, meta):
+    """--project-out / --edit-scale: the trained editor composed with the projection, its step sizes scaled."""
+    from mend_jax.editing.projection import editor_projection, project_inputs, scaled_step_sizes
+    from mend_jax.training.config import TrainConfig
+    if args.project_out:
+        bases = editor_projection(args.editor, model, editor, TrainConfig.from_json(meta["config"]),
+                                  args.project_out, args.projection_inputs)
+        editor = project_inputs(editor, bases)
+    if args.edit_scale != 1.0:
+        params = scaled_step_sizes(params, args.edit_scale)
+    return editor, params
+
+
 def cmd_eval(args) -> int:
     from mend_jax.data import load_indices_file, load_records
     from mend_jax.evaluation import FineTuneConfig, evaluate
     model, editor, params, stats, meta = _load(args, args.editor)
+    editor, params = _eval_transform(args, model, editor, params, meta)
     indices = load_indices_file(args.indices) if args.indices else None
     records = list(load_records(args.data, args.file, records=args.records, indices=indices))
     if len(records) < args.edits_at_once:
@@ -101,6 +122,8 @@ def cmd_eval(args) -> int:
                    finetune_cfg=ft, per_record=args.per_record)
     res.update({"data": args.data, "file": args.file, "records": args.records, "indices": args.indices,
                 "editor": str(args.editor), "editor_step": int(meta["step"]), "model": model.name,
+                "project_out": args.project_out, "projection_inputs": args.projection_inputs if args.project_out else 0,
+                "edit_scale": args.edit_scale,
                 "seconds": time.time() - t0})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2))

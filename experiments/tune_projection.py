@@ -1,0 +1,64 @@
+"""Tuning the projection of a trained editor's pseudo-inputs (``mend_jax/editing/projection.py``) on dev records:
+reliability / generalization / locality for several (rank, step-size scale) pairs, MEND only, in one process (the
+directions are measured once, on unrelated inputs of the editor's *training* records).
+
+    .venv/bin/python experiments/tune_projection.py --editor runs/run6 --which latest --records 0:100 \
+        --grid "0@1;16@2.5;16@4" --json experiments/results/projection_tuning.json
+
+``--grid``: ``rank@scale`` pairs separated by ``;`` (rank 0: the plain editor).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from mend_jax.checkpoints import load_editor
+from mend_jax.data import load_records
+from mend_jax.editing.projection import editor_projection, project_inputs, scaled_step_sizes
+from mend_jax.evaluation import evaluate
+from mend_jax.training.config import TrainConfig
+from mend_jax.weights import load_model
+
+DEV = {"zsre": "../shared/data/zsre/zsre_mend_eval_portability_gpt4.json",
+       "counterfact": "../shared/data/counterfact/counterfact-val.json"}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--editor", required=True)
+    ap.add_argument("--which", default="latest")
+    ap.add_argument("--data", default="zsre", choices=list(DEV))
+    ap.add_argument("--records", default="0:100", help="dev records (zsRE eval 0-499 or CounterFact val)")
+    ap.add_argument("--projection-inputs", type=int, default=1024)
+    ap.add_argument("--grid", default="0@1;16@1", help="rank@scale;rank@scale;...")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    model = load_model("smollm2-135m")
+    editor, params, stats, meta = load_editor(args.editor, model, which=args.which)
+    tcfg = TrainConfig.from_json(meta["config"])
+    dev = list(load_records(args.data, DEV[args.data], records=args.records))
+    results = []
+    for spec in args.grid.split(";"):
+        r, s = spec.split("@")
+        r, s = int(r), float(s)
+        ed = editor if r == 0 else project_inputs(
+            editor, editor_projection(args.editor, model, editor, tcfg, r, args.projection_inputs))
+        t0 = time.time()
+        res = evaluate(model, dev, editor=ed, eparams=scaled_step_sizes(params, s), stats=stats, progress=False)
+        row = {"rank": r, "scale": s, **{k: res["mend"][k] for k in (
+            "reliability_token", "reliability_exact", "generalization_token", "generalization_exact",
+            "locality_token", "locality_whole")}}
+        results.append(row)
+        print(f"rank {r:4d} scale {s:5.2f}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
+              f" loc {row['locality_token']:.3f}/{row['locality_whole']:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+        if args.json:  # written after every point: a long grid can be stopped at any time
+            with open(args.json, "w") as fh:
+                json.dump({"editor": args.editor, "which": args.which, "step": int(meta["step"]), "data": args.data,
+                           "records": args.records, "projection_inputs": args.projection_inputs,
+                           "results": results}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Projection of the editor's pseudo-inputs off unrelated inputs' directions (editing/projection.py)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mend_jax.editing import EditorConfig, EditorSpec, capture_factors, compute_edits, mend_editor
+from mend_jax.editing.batch import encode_examples
+from mend_jax.editing.projection import (input_second_moments, project_inputs, projection_bases,
+                                         scaled_step_sizes)
+from mend_jax.errors import MendJaxError
+
+PROMPTS = ["nq question: who wrote the origin of species", "The mother tongue of Danielle Darrieux is",
+           "nq question: when did the titanic sink", "Toko Yasuda, the"]
+ANSWERS = ["Charles Darwin", "French", "1912", "guitar"]
+
+
+def test_input_second_moments_equal_those_of_the_captured_inputs(tiny_lm):
+    layers = tiny_lm.family.default_edit_layers(tiny_lm.config, n_blocks=2)
+    got = input_second_moments(tiny_lm, layers, PROMPTS, ANSWERS, batch_size=3)  # a padded last batch
+    b = jax.tree.map(jnp.asarray, encode_examples(tiny_lm.tokenizer, PROMPTS, ANSWERS, max_length=128))
+    _, f = capture_factors(tiny_lm.params, tiny_lm.config, b, layers)
+    m = np.asarray(b.attention_mask, np.float64)
+    for n in layers:
+        u = np.asarray(f.u[n], np.float64).reshape(-1, f.u[n].shape[-1]) * m.reshape(-1, 1)
+        np.testing.assert_allclose(got[n], u.T @ u / m.sum(), rtol=2e-4, atol=1e-6)
+
+
+def test_a_projected_edit_leaves_inputs_in_the_removed_directions_alone(tiny_lm):
+    """For every edited layer, ``x Delta W = 0`` for x in the span of the removed directions, the pseudo-inputs are
+    the plain editor's minus their component in that span, and ``delta~`` is untouched."""
+    cfg = tiny_lm.config
+    fam = tiny_lm.family
+    layers = fam.default_edit_layers(cfg, n_blocks=2)
+    spec = EditorSpec.from_model(fam.linear_layers(cfg), layers)
+    editor = mend_editor(spec, EditorConfig(rank=8))
+    params, state = editor.init(jax.random.key(0))
+    keys = iter(jax.random.split(jax.random.key(1), 64))
+    params = {**params, "nets": jax.tree.map(lambda x: x + 0.2 * jax.random.normal(next(keys), x.shape),
+                                             params["nets"])}
+    batch = jax.tree.map(jnp.asarray, encode_examples(tiny_lm.tokenizer, PROMPTS[:2], ANSWERS[:2], max_length=128))
+    _, f = capture_factors(tiny_lm.params, cfg, batch, layers)
+    rows = {n: f.u[n].reshape(-1, f.u[n].shape[-1]) for n in layers}
+    drows = {n: f.delta[n].reshape(-1, f.delta[n].shape[-1]) for n in layers}
+    state = editor.update_state(state, rows, drows, {n: f.mask[n].reshape(-1) for n in layers})
+    bases = projection_bases(input_second_moments(tiny_lm, layers, PROMPTS, ANSWERS), rank=3)
+    plain = compute_edits(editor, params, state, f)
+    proj = compute_edits(project_inputs(editor, bases), params, state, f)
+    for n in layers:
+        u = np.asarray(bases[n], np.float64)
+        np.testing.assert_allclose(u.T @ u, np.eye(3), atol=1e-5)
+        a = np.asarray(plain[n].a, np.float64)
+        np.testing.assert_allclose(np.asarray(proj[n].a), a - (a @ u) @ u.T, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(proj[n].b), np.asarray(plain[n].b), rtol=1e-6)
+        moved_plain = np.abs(u.T @ np.asarray(plain[n].dense(), np.float64)).max()
+        moved_proj = np.abs(u.T @ np.asarray(proj[n].dense(), np.float64)).max()
+        assert moved_plain > 1e-3 and moved_proj < 1e-5 * max(1.0, moved_plain), (n, moved_plain, moved_proj)
+
+
+def test_projection_and_scale_errors_name_the_problem(tiny_lm):
+    layers = tiny_lm.family.default_edit_layers(tiny_lm.config, n_blocks=1)
+    spec = EditorSpec.from_model(tiny_lm.family.linear_layers(tiny_lm.config), layers)
+    editor = mend_editor(spec, EditorConfig(rank=4))
+    moments = input_second_moments(tiny_lm, layers, PROMPTS, ANSWERS)
+    with pytest.raises(MendJaxError, match="rank must be >= 1"):
+        projection_bases(moments, 0)
+    with pytest.raises(MendJaxError, match="exceeds the input size"):
+        projection_bases(moments, 10_000)
+    with pytest.raises(MendJaxError, match="does not edit"):
+        project_inputs(editor, {"model.layers.0.mlp.up_proj": jnp.zeros((32, 2))})
+    with pytest.raises(MendJaxError, match="input size"):
+        project_inputs(editor, {layers[0]: jnp.zeros((7, 2))})
+    with pytest.raises(MendJaxError, match="one answer per unrelated prompt"):
+        input_second_moments(tiny_lm, layers, PROMPTS, ANSWERS[:2])
+    params, _ = editor.init(jax.random.key(0))
+    np.testing.assert_allclose(scaled_step_sizes(params, 2.0)["edit_lrs"], params["edit_lrs"] * 2.0)
+    with pytest.raises(MendJaxError, match="edit_scale must be > 0"):
+        scaled_step_sizes(params, 0.0)
+
+
+def test_eval_with_the_projection_measures_training_inputs_once_and_reports_its_settings(tiny_lm, tmp_path):
+    """``mend-jax eval --project-out R --edit-scale S`` on a trained (tiny) editor: the directions come from the
+    editor's *training* records, are cached in the editor folder, and the results file records the settings."""
+    import dataclasses
+    import json
+
+    from mend_jax.cli import main
+    from mend_jax.training.loop import train
+    from test_training import _tiny_cfg
+    out = tmp_path / "run"
+    train(dataclasses.replace(_tiny_cfg(out, 2), model=str(tiny_lm.folder)), model=tiny_lm, progress=False)
+    args = ["eval", "--editor", str(out), "--which", "latest", "--model", str(tiny_lm.folder), "--data", "demo",
+            "--records", "100:104", "--no-finetune", "--project-out", "2", "--projection-inputs", "6",
+            "--edit-scale", "2"]
+    assert main(args + ["--json", str(tmp_path / "a.json")]) == 0
+    cached = sorted((out / "projections").glob("moments_*.npz"))
+    assert len(cached) == 1
+    first = cached[0].stat().st_mtime_ns
+    assert main(args + ["--json", str(tmp_path / "b.json")]) == 0  # the second run reads the cache
+    assert cached[0].stat().st_mtime_ns == first
+    a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    assert (a["project_out"], a["projection_inputs"], a["edit_scale"]) == (2, 6, 2.0)
+    assert a["mend"] == b["mend"]
+    plain = tmp_path / "plain.json"
+    assert main(args[:-6] + ["--json", str(plain)]) == 0
+    assert json.loads(plain.read_text())["project_out"] == 0
