@@ -22,13 +22,7 @@ def register(sub) -> None:
     e.add_argument("--no-finetune", action="store_true")
     e.add_argument("--json", required=True, help="where to write the results")
     e.add_argument("--per-record", action="store_true", help="also write every record's metrics (per_record)")
-    e.add_argument("--project-out", type=int, default=0, metavar="R",
-                   help="remove from the editor's pseudo-inputs the top R directions of unrelated inputs of the "
-                        "editor's training data (editing/projection.py; 0: off, plain MEND)")
-    e.add_argument("--projection-inputs", type=int, default=1024,
-                   help="unrelated training inputs the directions of --project-out are measured on")
-    e.add_argument("--edit-scale", type=float, default=1.0,
-                   help="multiply the editor's learned step sizes (tune on dev records; 1: as trained)")
+    _transform_args(e)
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("edit", help="apply one edit with a trained editor and show answers before/after")
@@ -40,6 +34,7 @@ def register(sub) -> None:
     d.add_argument("--unrelated", default="The capital of France is", help="an unrelated prompt (locality)")
     d.add_argument("--max-new-tokens", type=int, default=8)
     d.add_argument("--journal", default=None, help="append the edit to this journal folder")
+    _transform_args(d)
     d.set_defaults(func=cmd_edit)
 
     r = sub.add_parser("revert", help="remove one edit from an edit journal")
@@ -82,6 +77,17 @@ def _editor_args(p) -> None:
     p.add_argument("--editor", required=True, help="--out folder of `mend-jax train` (or of save-editor)")
     p.add_argument("--which", default="best", choices=["best", "latest"])
     p.add_argument("--model", default=None, help="base model (default: the one the editor was trained on)")
+
+
+def _transform_args(p) -> None:
+    """--project-out / --projection-inputs / --edit-scale, shared by eval and edit."""
+    p.add_argument("--project-out", type=int, default=0, metavar="R",
+                   help="remove from the editor's pseudo-inputs the top R directions of unrelated inputs of the "
+                        "editor's training data (editing/projection.py; 0: off, plain MEND)")
+    p.add_argument("--projection-inputs", type=int, default=1024,
+                   help="unrelated training inputs the directions of --project-out are measured on")
+    p.add_argument("--edit-scale", type=float, default=1.0,
+                   help="multiply the editor's learned step sizes (tune on dev records; 1: as trained)")
 
 
 def _load(args, editor_dir):
@@ -156,7 +162,8 @@ def show_edit(model, editor, params, stats, prompt, target, rephrase, unrelated,
 
 
 def cmd_edit(args) -> int:
-    model, editor, params, stats, _ = _load(args, args.editor)
+    model, editor, params, stats, meta = _load(args, args.editor)
+    editor, params = _eval_transform(args, model, editor, params, meta)
     show_edit(model, editor, params, stats, args.prompt, args.target, args.rephrase, args.unrelated,
               args.max_new_tokens, args.journal)
     return 0
