@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--which", default="latest")
     ap.add_argument("--data", default="zsre", choices=list(DEV))
     ap.add_argument("--records", default="0:100", help="dev records (zsRE eval 0-499 or CounterFact val)")
+    ap.add_argument("--edits-at-once", type=int, default=1)
     ap.add_argument("--projection-inputs", type=int, default=1024)
     ap.add_argument("--grid", default="0@1;16@1", help="rank@scale;rank@scale;...")
     ap.add_argument("--json", default=None)
@@ -46,7 +47,8 @@ def main():
         ed = editor if r == 0 else project_inputs(
             editor, editor_projection(args.editor, model, editor, tcfg, r, args.projection_inputs))
         t0 = time.time()
-        res = evaluate(model, dev, editor=ed, eparams=scaled_step_sizes(params, s), stats=stats, progress=False)
+        res = evaluate(model, dev, editor=ed, eparams=scaled_step_sizes(params, s), stats=stats, progress=False,
+                       edits_at_once=args.edits_at_once)
         row = {"rank": r, "scale": s, **{k: res["mend"][k] for k in (
             "reliability_token", "reliability_exact", "generalization_token", "generalization_exact",
             "locality_token", "locality_whole")}}
@@ -56,7 +58,8 @@ def main():
         if args.json:  # written after every point: a long grid can be stopped at any time
             with open(args.json, "w") as fh:
                 json.dump({"editor": args.editor, "which": args.which, "step": int(meta["step"]), "data": args.data,
-                           "records": args.records, "projection_inputs": args.projection_inputs,
+                           "records": args.records, "edits_at_once": args.edits_at_once,
+                           "projection_inputs": args.projection_inputs,
                            "results": results}, fh, indent=2)
 
 
