@@ -41,11 +41,14 @@ def main():
     tcfg = TrainConfig.from_json(meta["config"])
     dev = list(load_records(args.data, DEV[args.data], records=args.records))
     results = []
+    editors = {0: editor}  # one projected editor per rank (the directions are measured once, then cached)
     for spec in args.grid.split(";"):
         r, s = spec.split("@")
         r, s = int(r), float(s)
-        ed = editor if r == 0 else project_inputs(
-            editor, editor_projection(args.editor, model, editor, tcfg, r, args.projection_inputs))
+        if r not in editors:
+            editors[r] = project_inputs(editor, editor_projection(args.editor, model, editor, tcfg, r,
+                                                                  args.projection_inputs))
+        ed = editors[r]
         t0 = time.time()
         res = evaluate(model, dev, editor=ed, eparams=scaled_step_sizes(params, s), stats=stats, progress=False,
                        edits_at_once=args.edits_at_once)

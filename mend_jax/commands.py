@@ -100,7 +100,7 @@ def _load(args, editor_dir):
     return model, editor, params, stats, meta
 
 
-def _eval_transform(args, model, editor, params, meta):
+def _transformed_editor(args, model, editor, params, meta):
     """--project-out / --edit-scale: the trained editor composed with the projection, its step sizes scaled."""
     from mend_jax.editing.projection import editor_projection, project_inputs, scaled_step_sizes
     from mend_jax.training.config import TrainConfig
@@ -117,7 +117,7 @@ def cmd_eval(args) -> int:
     from mend_jax.data import load_indices_file, load_records
     from mend_jax.evaluation import FineTuneConfig, evaluate
     model, editor, params, stats, meta = _load(args, args.editor)
-    editor, params = _eval_transform(args, model, editor, params, meta)
+    editor, params = _transformed_editor(args, model, editor, params, meta)
     indices = load_indices_file(args.indices) if args.indices else None
     records = list(load_records(args.data, args.file, records=args.records, indices=indices))
     if len(records) < args.edits_at_once:
@@ -163,7 +163,7 @@ def show_edit(model, editor, params, stats, prompt, target, rephrase, unrelated,
 
 def cmd_edit(args) -> int:
     model, editor, params, stats, meta = _load(args, args.editor)
-    editor, params = _eval_transform(args, model, editor, params, meta)
+    editor, params = _transformed_editor(args, model, editor, params, meta)
     show_edit(model, editor, params, stats, args.prompt, args.target, args.rephrase, args.unrelated,
               args.max_new_tokens, args.journal)
     return 0

@@ -50,25 +50,27 @@ def _moment_sums(params, cfg, input_ids, attention_mask, layers: tuple[str, ...]
 def input_second_moments(model, layers: Sequence[str], prompts: Sequence[str], answers: Sequence[str], *,
                          batch_size: int = 32) -> dict[str, np.ndarray]:
     """``E[x x^T]`` [in, in] of every layer's inputs over the real tokens of the ``prompt + " " + answer`` texts
-    (float64 on the host; one padded shape for all batches, so one compilation)."""
-    from mend_jax.editing.batch import bucket, tokenize_pair
+    (float64 on the host). Inputs are batched in order of length and each batch is padded to its own power-of-two
+    bucket (a few compilations instead of padding every input to the longest)."""
+    from mend_jax.editing.batch import tokenize_pair
     if not prompts or len(prompts) != len(answers):
         raise MendJaxError(f"need one answer per unrelated prompt and at least one of them "
                            f"({len(prompts)} prompts, {len(answers)} answers)")
     cfg = model.config
     layers = tuple(layers)
     lengths = [sum(map(len, tokenize_pair(model.tokenizer, p, a))) for p, a in zip(prompts, answers)]
-    seq_len = min(bucket(max(lengths), 16), cfg.max_position_embeddings)
+    order = np.argsort(lengths, kind="stable")
     sums = {n: 0.0 for n in layers}
     count = 0.0
-    for i in range(0, len(prompts), batch_size):
-        p, a = list(prompts[i:i + batch_size]), list(answers[i:i + batch_size])
-        pad = batch_size - len(p)  # one shape for every batch: pad with copies, masked out below
-        b = encode_examples(model.tokenizer, p + p[:1] * pad, a + a[:1] * pad, max_length=cfg.max_position_embeddings,
-                            seq_len=seq_len, target_len=seq_len)
+    for i in range(0, len(order), batch_size):
+        idx = list(order[i:i + batch_size])
+        pad = batch_size - len(idx)  # the same batch size every time: pad with copies, masked out below
+        idx = idx + idx[:1] * pad
+        b = encode_examples(model.tokenizer, [prompts[j] for j in idx], [answers[j] for j in idx],
+                            max_length=cfg.max_position_embeddings)  # T: the batch's own bucket
         mask = np.asarray(b.attention_mask).copy()
         if pad:
-            mask[len(p):] = 0
+            mask[batch_size - pad:] = 0
         s = _moment_sums(model.params, cfg, jnp.asarray(b.input_ids), jnp.asarray(mask), layers)
         for n in layers:
             sums[n] = sums[n] + np.asarray(s[n], np.float64)
