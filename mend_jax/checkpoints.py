@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -139,6 +140,10 @@ def save_editor(source: str | Path, out: str | Path, model, which: str = "best")
                                                stats=ocp.args.StandardSave(stats), meta=ocp.args.JsonSave(meta)))
         mgr.wait_until_finished()
         mgr.close()
+    from mend_jax.editing.projection import BASES_FILE
+    src_dir = Path(source) if (Path(source) / "checkpoints").is_dir() else Path(source).parent
+    if (src_dir / BASES_FILE).is_file():  # the projection the editor was trained with (load_editor checked it)
+        shutil.copyfile(src_dir / BASES_FILE, out / BASES_FILE)
     return out
 
 
@@ -204,4 +209,6 @@ def load_editor(directory: str | Path, model, which: str = "best"):
         ts, meta = ck.restore(abstract, which=which)
     finally:
         ck.close()
+    from mend_jax.editing.projection import trained_projection
+    editor = trained_projection(directory if ckdir != directory else directory.parent, editor, tcfg)
     return editor, ts["params"], ts["stats"], meta

@@ -128,6 +128,7 @@ def cmd_eval(args) -> int:
                    finetune_cfg=ft, per_record=args.per_record)
     res.update({"data": args.data, "file": args.file, "records": args.records, "indices": args.indices,
                 "editor": str(args.editor), "editor_step": int(meta["step"]), "model": model.name,
+                "trained_project_out": int(meta["config"].get("project_out", 0)),  # part of the trained editor
                 "project_out": args.project_out, "projection_inputs": args.projection_inputs if args.project_out else 0,
                 "edit_scale": args.edit_scale,
                 "seconds": time.time() - t0})

@@ -103,4 +103,46 @@ def test_eval_with_the_projection_measures_training_inputs_once_and_reports_its_
     assert a["mend"] == b["mend"]
     plain = tmp_path / "plain.json"
     assert main(args[:-6] + ["--json", str(plain)]) == 0
-    assert json.loads(plain.read_text())["project_out"] == 0
+    res = json.loads(plain.read_text())
+    assert (res["project_out"], res["trained_project_out"]) == (0, 0)
+
+
+def test_training_with_the_projection_saves_its_bases_and_every_loader_applies_them(tiny_lm, tmp_path):
+    """``mend-jax train --project-out R``: the bases are measured once on training inputs and written beside the
+    checkpoints; a resumed run reads them back; ``load_editor`` (and so eval/edit) and ``save_editor``'s folder
+    give the projected editor, whose edits leave the removed directions alone; a folder without its bases is
+    refused with the fix."""
+    import dataclasses
+
+    from mend_jax.checkpoints import load_editor, save_editor
+    from mend_jax.editing.projection import BASES_FILE
+    from mend_jax.training.loop import train
+    from test_training import _tiny_cfg
+    out = tmp_path / "run"
+    cfg = dataclasses.replace(_tiny_cfg(out, 2), project_out=2, projection_inputs=6)
+    summary = train(cfg, model=tiny_lm, progress=False)
+    assert summary["projection_minutes"] > 0
+    bases_file = out / BASES_FILE
+    stamp = bases_file.stat().st_mtime_ns
+    train(dataclasses.replace(cfg, steps=3), model=tiny_lm, progress=False)  # resumes: reads the bases back
+    assert bases_file.stat().st_mtime_ns == stamp
+    editor, params, stats, meta = load_editor(out, tiny_lm, which="latest")
+    assert meta["step"] == 3 and editor.name.endswith("+projection")
+    data = np.load(bases_file)
+    layers = editor.spec.layers
+    batch = jax.tree.map(jnp.asarray, encode_examples(tiny_lm.tokenizer, PROMPTS[:2], ANSWERS[:2], max_length=128))
+    _, f = capture_factors(tiny_lm.params, tiny_lm.config, batch, layers)
+    edits = compute_edits(editor, params, stats, f)
+    for n in layers:
+        u = np.asarray(data[n], np.float64)
+        assert u.shape[1] == 2
+        dense = np.asarray(edits[n].dense(), np.float64)
+        assert np.abs(dense).max() > 0 and np.abs(u.T @ dense).max() < 1e-5 * np.abs(dense).max()
+    saved = save_editor(out, tmp_path / "saved", tiny_lm, which="latest")
+    assert (saved / BASES_FILE).is_file()
+    assert load_editor(saved, tiny_lm)[0].name.endswith("+projection")
+    (saved / BASES_FILE).unlink()
+    with pytest.raises(MendJaxError, match=f"trained with --project-out 2 but not its {BASES_FILE}"):
+        load_editor(saved, tiny_lm)
+    with pytest.raises(MendJaxError, match="--project-out must be >= 0"):
+        dataclasses.replace(cfg, project_out=-1)

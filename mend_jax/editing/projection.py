@@ -163,3 +163,49 @@ def editor_projection(editor_dir: str | Path, model, editor: Editor, train_confi
         np.savez(tmp, **moments)
         tmp.rename(path)
     return projection_bases(moments, rank)
+
+
+# ------------------------------------------------------------------------- a projection trained with the editor
+BASES_FILE = "projection_bases.npz"
+
+
+def training_projection(run_dir: str | Path, model, editor: Editor, train_config, progress: bool = True) -> Editor:
+    """``mend-jax train --project-out R``: the editor composed with the projection it is trained (and later edits)
+    with. The bases are measured once, on ``train_config.projection_inputs`` unrelated inputs of the training
+    records (seeded by the run's seed), and written to ``<run_dir>/projection_bases.npz``; a resumed run reads
+    them back, so its editor sees exactly the projection it was trained with."""
+    path = Path(run_dir) / BASES_FILE
+    if path.is_file():
+        return trained_projection(path.parent, editor, train_config)
+    prompts, answers = training_unrelated_inputs(train_config, train_config.projection_inputs,
+                                                     train_config.seed)
+    if progress:
+        print(f"measuring the input directions of {len(prompts)} unrelated training inputs ...", flush=True)
+    bases = projection_bases(input_second_moments(model, editor.spec.layers, prompts, answers),
+                             train_config.project_out)
+    if jax.process_index() == 0:  # every process measured the same bases; one writes them
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **{n: np.asarray(b) for n, b in bases.items()})
+        tmp.rename(path)
+    return project_inputs(editor, bases)
+
+
+def trained_projection(editor_dir: str | Path, editor: Editor, train_config) -> Editor:
+    """The editor of a folder as it was trained: composed with the projection in its ``projection_bases.npz``
+    when its training configuration has ``project_out > 0``, else unchanged."""
+    if not getattr(train_config, "project_out", 0):
+        return editor
+    path = Path(editor_dir) / BASES_FILE
+    if not path.is_file():
+        raise MendJaxError(f"{editor_dir} holds an editor trained with --project-out {train_config.project_out} "
+                           f"but not its {BASES_FILE}; copy that file from the training run's --out folder")
+    data = np.load(path)
+    missing = [n for n in editor.spec.layers if n not in data.files]
+    if missing:
+        raise MendJaxError(f"{path} has no projection basis for {missing}: it belongs to another editor")
+    bases = {n: jnp.asarray(data[n], jnp.float32) for n in editor.spec.layers}
+    ranks = {b.shape[1] for b in bases.values()}
+    if ranks != {train_config.project_out}:
+        raise MendJaxError(f"{path} holds bases of rank {sorted(ranks)}, the editor was trained with "
+                           f"--project-out {train_config.project_out}: it belongs to another run")
+    return project_inputs(editor, bases)

@@ -66,6 +66,12 @@ class TrainConfig:
     # warm start: editor parameters and statistics (not the optimizer state) of another run's best checkpoint;
     # only read when --out holds no checkpoint yet
     init_from: str | None = None
+    # R > 0: train (and later edit) with the editor's pseudo-inputs projected off the top-R directions of unrelated
+    # inputs of the training records (editing/projection.py; not MEND): the directions are measured once at the start
+    # on ``projection_inputs`` of them and saved beside the checkpoints (projection_bases.npz), so every command that
+    # loads the editor applies the same projection. 0: plain MEND
+    project_out: int = 0
+    projection_inputs: int = 1024
 
     def __post_init__(self):
         # checked here, before any model is loaded (a bad flag should not cost a model load)
@@ -74,6 +80,9 @@ class TrainConfig:
             raise MendJaxError(f"edit_loss_on must be 'equiv' or 'both', not {self.edit_loss_on!r}")
         if self.schedule:
             parse_schedule(self.schedule)
+        if self.project_out < 0 or (self.project_out and self.projection_inputs < 1):
+            raise MendJaxError(f"--project-out must be >= 0 (0: off) and --projection-inputs >= 1, not "
+                               f"{self.project_out} and {self.projection_inputs}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,6 +99,8 @@ class TrainConfig:
         d.setdefault("schedule", None)
         d.setdefault("edit_loss_on", "equiv")
         d.setdefault("hidden_cache", False)
+        d.setdefault("project_out", 0)
+        d.setdefault("projection_inputs", 1024)
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

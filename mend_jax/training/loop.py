@@ -18,6 +18,7 @@ import numpy as np
 from mend_jax.checkpoints import EditorCheckpoints, check_fingerprint, model_fingerprint
 from mend_jax.data import load_records
 from mend_jax.editing.editor import EditorConfig, EditorSpec, mend_editor
+from mend_jax.editing.projection import training_projection
 from mend_jax.errors import CheckpointError, MendJaxError
 from mend_jax.editing.batch import factor_rows
 from mend_jax.training.batches import (DataOrder, Shapes, filter_records, own_loc_fits, row_budget, step_layout,
@@ -204,6 +205,11 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                                                 shardings=placement.loader_shardings))
     shapes = Shapes(cfg.seq_len, cfg.target_len, cfg.loc_len)
     editor, ecfg = build_editor(model, cfg)
+    projection_s = 0.0
+    if cfg.project_out:  # measured once (counted as training time below), then read back on every resumption
+        t_proj = time.time()
+        editor = training_projection(out, model, editor, cfg, progress=progress)
+        projection_s = time.time() - t_proj
     records, dev = load_training_data(model.tokenizer, cfg, shapes)
     order = DataOrder(len(records), cfg.seed)
     own_ok = own_loc_fits(model.tokenizer, records, shapes)
@@ -229,6 +235,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         return full_fns[(n, k)]
     # the frozen blocks once per distinct input (one device): each step then runs only the edited blocks and the head
     cache, cache_s = None, 0.0
+    setup_s = projection_s  # training time spent before the first step: counted in --max-minutes and the summary
     if cfg.hidden_cache and placement.mesh is not None:
         placement.log("--hidden-cache is for one device: the mesh step recomputes the frozen blocks itself")
     elif cfg.hidden_cache:
@@ -237,7 +244,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         t_cache = time.time()
         cache.add(training_inputs(model.tokenizer, records, cfg.train_loc, own_ok,
                                   max(shapes.seq_len, shapes.loc_len)), progress=progress)
-        cache_s = time.time() - t_cache  # training time: counted in --max-minutes and the summary
+        cache_s = time.time() - t_cache
+        setup_s += cache_s
         placement.log(f"frozen blocks 0-{first - 1} cached for {len(cache)} distinct inputs "
                       f"({cache.nbytes / 2**30:.2f} GiB, {cache_s:.0f} s)")
     placement.log("editor rows per step: " + ", ".join(f"{n}x{k}: {b or n * k * shapes.seq_len} of "
@@ -327,7 +335,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
             break
         if limit_t0 is None:
             limit_t0 = time.time()  # the time limit counts training, not the first step's compilation
-        if cfg.max_minutes and (time.time() - limit_t0 + cache_s) / 60 > cfg.max_minutes:
+        if cfg.max_minutes and (time.time() - limit_t0 + setup_s) / 60 > cfg.max_minutes:
             stopped = "time limit"
             if last_saved != step:
                 ckpt.save(step, ts, meta_dict(step))
@@ -335,7 +343,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     bar.close()
     ckpt.close()
     summary = {"steps": step, "stopped": stopped, "best_val_loss": best if math.isfinite(best) else None,
-               "minutes": (time.time() - t0 + cache_s) / 60, "hidden_cache_minutes": cache_s / 60,
+               "minutes": (time.time() - t0 + setup_s) / 60, "hidden_cache_minutes": cache_s / 60,
+               "projection_minutes": projection_s / 60,
                "n_train_records": len(records), "out": str(out)}
     if placement.main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
