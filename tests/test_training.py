@@ -332,6 +332,45 @@ def test_step_on_cached_hidden_states_equals_the_step_that_runs_the_frozen_block
                                    err_msg=key)
 
 
+def test_the_hidden_cache_is_kept_in_the_run_folder_and_read_back_on_resumption(tiny_lm, tmp_path):
+    """A run with the hidden cache writes it to ``<out>/hidden_cache``; the resumed run reads it back (nothing
+    recomputed) and continues exactly as an uninterrupted run; a cache of other base weights is not read."""
+    import dataclasses
+    from mend_jax.models import layer_index
+    from mend_jax.editing.batch import TokenBatch
+    from mend_jax.training.frozen_cache import FrozenHiddenCache, frozen_weights_digest
+    from mend_jax.training.loop import train
+    cfg = lambda out, steps: dataclasses.replace(_tiny_cfg(out, steps), hidden_cache=True)  # noqa: E731
+    train(cfg(tmp_path / "once", 3), model=tiny_lm, progress=False)
+    train(cfg(tmp_path / "twice", 2), model=tiny_lm, progress=False)
+    folder = tmp_path / "twice" / "hidden_cache"
+    stamp = (folder / "hidden.npy").stat().st_mtime_ns
+    train(cfg(tmp_path / "twice", 3), model=tiny_lm, progress=False)
+    assert (folder / "hidden.npy").stat().st_mtime_ns == stamp  # read back, not rebuilt
+    rows = {name: [json.loads(r) for r in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+            for name in ("once", "twice")}
+    assert [r["step"] for r in rows["twice"]] == [1, 2, 3]
+    for key in ("loss", "loss/edit", "loss/loc", "grad_norm"):
+        assert [r[key] for r in rows["twice"]] == [r[key] for r in rows["once"]], key
+
+    editor, _ = setup(tiny_lm)
+    first = min(layer_index(n) for n in editor.spec.layers)
+    digest = frozen_weights_digest(tiny_lm, first)
+    back = FrozenHiddenCache(tiny_lm, first)
+    assert back.load(folder, digest) and len(back) > 0
+    seq = np.frombuffer(next(iter(back._index)), np.int32)
+    ref = tiny_lm.family.hidden_before(tiny_lm.params, tiny_lm.config, seq[None], np.ones((1, seq.size), np.int32),
+                                       first)
+    np.testing.assert_allclose(back.batch_hidden(TokenBatch(
+        input_ids=seq[None], attention_mask=np.ones((1, seq.size), np.int32), target_ids=np.zeros((1, 1), np.int32),
+        target_pos=np.zeros((1, 1), np.int32), target_mask=np.zeros((1, 1), np.float32)))[0],
+        np.asarray(ref)[0], rtol=1e-5, atol=1e-5)
+    other = dataclasses.replace(tiny_lm, params=jax.tree.map(lambda x: x * 1.01, tiny_lm.params))
+    assert frozen_weights_digest(other, first) != digest
+    assert not FrozenHiddenCache(other, first).load(folder, frozen_weights_digest(other, first))
+    assert not FrozenHiddenCache(tiny_lm, first - 1).load(folder, frozen_weights_digest(tiny_lm, first - 1))
+
+
 def test_a_moved_run_folder_resumes_and_another_configuration_is_refused(tiny_lm, tmp_path):
     """The resume check compares what the run computes, not where it lives: a run folder moved elsewhere (or
     resumed with the hidden cache switched) continues from its checkpoint; a changed learning rate is refused."""

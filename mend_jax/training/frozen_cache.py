@@ -14,14 +14,22 @@ every resumption of a run computes the same values. Against the step that recomp
 differs only by float rounding (matrix products of other shapes; test ``test_step_on_cached_hidden_states_...``).
 Memory: real tokens x hidden size x 4 bytes (zsRE + CounterFact train on SmolLM2, float32: about 1 GB).
 One device only, like the row compaction: a mesh run recomputes the frozen blocks inside its sharded step.
+
+A run keeps its cache in its folder (:meth:`FrozenHiddenCache.save` / :meth:`FrozenHiddenCache.load`, checked
+against a digest of the base weights and the lowest edited block), so a resumed run reads it back in seconds instead
+of spending the minutes of training budget it cost to build (about 17 for zsRE + CounterFact train on 2 cores).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import warnings
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mend_jax.data import EditRecord
@@ -43,6 +51,18 @@ jax.tree_util.register_dataclass(FrozenHidden, data_fields=["edit", "equiv", "lo
 
 def _key(ids: np.ndarray) -> bytes:
     return np.asarray(ids, np.int32).tobytes()
+
+
+def frozen_weights_digest(model, first_layer: int) -> str:
+    """A digest of what the cached hidden states depend on: the architecture, the lowest edited block, and every
+    base weight (each leaf's shape, dtype and a strided sample of its values; cheap on any model size)."""
+    h = hashlib.sha256(json.dumps([model.config.to_hf(), first_layer], sort_keys=True, default=str).encode())
+    for path, leaf in jax.tree_util.tree_leaves_with_path(model.params):
+        a = np.asarray(jax.device_get(leaf)).reshape(-1)
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(np.ascontiguousarray(a[:: max(1, a.size // 4096)]).tobytes())
+    return h.hexdigest()
 
 
 class FrozenHiddenCache:
@@ -106,6 +126,50 @@ class FrozenHiddenCache:
                 self._index[_key(a)] = (self._fill, a.size)
                 self._fill += a.size
         return len(seqs)
+
+    # ------------------------------------------------------------------------------------------- on disk
+    def save(self, folder: str | Path, digest: str) -> None:
+        """Write the cache to ``folder`` (the hidden states as raw rows, the token sequences they belong to, and
+        ``digest`` = :func:`frozen_weights_digest`); atomic per file, the metadata last."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = list(self._index)
+        seqs = [np.frombuffer(k, np.int32) for k in keys]
+        meta = {"digest": digest, "first_layer": self.first_layer, "dim": self.dim, "rows": self._fill,
+                "dtype": str(self._store.dtype) if self._store is not None else "float32", "sequences": len(keys)}
+        arrays = {"tokens": np.concatenate(seqs) if seqs else np.zeros((0,), np.int32),
+                  "lengths": np.asarray([a.size for a in seqs], np.int64),
+                  "offsets": np.asarray([self._index[k][0] for k in keys], np.int64)}
+        store = self._store[: self._fill] if self._store is not None else np.zeros((0, self.dim), np.float32)
+        arrays["hidden"] = store.view(np.uint8)  # raw bytes: bfloat16 has no numpy file type of its own
+        (folder / "meta.json").unlink(missing_ok=True)
+        for name, a in arrays.items():
+            tmp = folder / f"{name}.tmp.npy"
+            np.save(tmp, a)
+            tmp.rename(folder / f"{name}.npy")
+        (folder / "meta.json").write_text(json.dumps(meta))
+
+    def load(self, folder: str | Path, digest: str) -> bool:
+        """Read a cache written by :meth:`save` if it belongs to these base weights and this first layer (else
+        leave this cache as it is and return False). Sequences held already are kept."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if (meta.get("digest"), meta.get("first_layer"), meta.get("dim")) != (digest, self.first_layer, self.dim):
+            return False
+        dtype = jnp.dtype(meta["dtype"])
+        hidden = np.load(folder / "hidden.npy").view(dtype).reshape(meta["rows"], self.dim)
+        tokens, lengths, offsets = (np.load(folder / f"{n}.npy") for n in ("tokens", "lengths", "offsets"))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self._grow(self._fill + meta["rows"], dtype)
+        base = self._fill
+        self._store[base: base + meta["rows"]] = hidden
+        for start, n, off in zip(starts, lengths, offsets):
+            self._index.setdefault(_key(tokens[start: start + n]), (base + int(off), int(n)))
+        self._fill += meta["rows"]
+        return True
 
     def _grow(self, rows: int, dtype) -> None:
         if self._store is None:

@@ -25,7 +25,7 @@ from mend_jax.training.batches import (DataOrder, Shapes, filter_records, own_lo
                                       training_batch, validation_batches)
 from mend_jax.models import layer_index
 from mend_jax.training.config import TrainConfig
-from mend_jax.training.frozen_cache import FrozenHiddenCache, training_inputs
+from mend_jax.training.frozen_cache import FrozenHiddenCache, frozen_weights_digest, training_inputs
 from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
 
 VAL_KEY = "loss"  # early stopping on c_edit * L_edit + c_loc * L_loc on dev (MEND's loss/total_edit_val)
@@ -242,12 +242,18 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         first = min(layer_index(name) for name in editor.spec.layers)
         cache = FrozenHiddenCache(model, first)
         t_cache = time.time()
-        cache.add(training_inputs(model.tokenizer, records, cfg.train_loc, own_ok,
-                                  max(shapes.seq_len, shapes.loc_len)), progress=progress)
+        # kept in the run folder: a resumed run reads it back instead of spending its budget on it again
+        digest, cache_dir = frozen_weights_digest(model, first), out / "hidden_cache"
+        loaded = cache.load(cache_dir, digest)
+        added = cache.add(training_inputs(model.tokenizer, records, cfg.train_loc, own_ok,
+                                          max(shapes.seq_len, shapes.loc_len)), progress=progress)
+        if added:
+            cache.save(cache_dir, digest)
         cache_s = time.time() - t_cache
         setup_s += cache_s
         placement.log(f"frozen blocks 0-{first - 1} cached for {len(cache)} distinct inputs "
-                      f"({cache.nbytes / 2**30:.2f} GiB, {cache_s:.0f} s)")
+                      f"({cache.nbytes / 2**30:.2f} GiB, {cache_s:.0f} s; "
+                      f"{'read from' if loaded else 'written to'} {cache_dir}, {added} computed)")
     placement.log("editor rows per step: " + ", ".join(f"{n}x{k}: {b or n * k * shapes.seq_len} of "
                                                         f"{n * k * shapes.seq_len}" for (n, k), b in budgets.items()))
     eval_fn = placement.eval_step(editor, model.config, hp)
