@@ -141,10 +141,17 @@ def save_editor(source: str | Path, out: str | Path, model, which: str = "best")
         mgr.wait_until_finished()
         mgr.close()
     from mend_jax.editing.projection import BASES_FILE
-    src_dir = Path(source) if (Path(source) / "checkpoints").is_dir() else Path(source).parent
+    src_dir = editor_folder(source)
     if (src_dir / BASES_FILE).is_file():  # the projection the editor was trained with (load_editor checked it)
         shutil.copyfile(src_dir / BASES_FILE, out / BASES_FILE)
     return out
+
+
+def editor_folder(path: str | Path) -> Path:
+    """The editor's folder (a ``mend-jax train --out`` or ``save-editor`` folder, which holds ``checkpoints/`` and
+    the files beside them) for ``path``: that folder itself or its ``checkpoints`` subfolder."""
+    path = Path(path)
+    return path if (path / "checkpoints").is_dir() else path.parent
 
 
 def _has_steps(folder: Path) -> bool:
@@ -210,5 +217,5 @@ def load_editor(directory: str | Path, model, which: str = "best"):
     finally:
         ck.close()
     from mend_jax.editing.projection import trained_projection
-    editor = trained_projection(directory if ckdir != directory else directory.parent, editor, tcfg)
+    editor = trained_projection(editor_folder(directory), editor, tcfg)
     return editor, ts["params"], ts["stats"], meta

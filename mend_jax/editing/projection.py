@@ -177,8 +177,7 @@ def training_projection(run_dir: str | Path, model, editor: Editor, train_config
     path = Path(run_dir) / BASES_FILE
     if path.is_file():
         return trained_projection(path.parent, editor, train_config)
-    prompts, answers = training_unrelated_inputs(train_config, train_config.projection_inputs,
-                                                     train_config.seed)
+    prompts, answers = training_unrelated_inputs(train_config, train_config.projection_inputs, train_config.seed)
     if progress:
         print(f"measuring the input directions of {len(prompts)} unrelated training inputs ...", flush=True)
     bases = projection_bases(input_second_moments(model, editor.spec.layers, prompts, answers),
