@@ -6,6 +6,8 @@
 # WHICH=latest evaluates the run's last checkpoint instead of its best by dev loss (default best).
 # EVAL_ARGS="--project-out 16 --edit-scale 4" composes the editor with the projection of editing/projection.py
 # (tuned with experiments/tune_projection.py on dev records).
+# EVAL_ARGS_K10 replaces EVAL_ARGS for the 10-at-once evaluation only (e.g. its own --edit-scale / --edit-steps, tuned
+# with tune_projection.py --edits-at-once 10 on zsRE dev records 200-499, which that evaluation (0-199) does not use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:?editor folder}
@@ -17,10 +19,11 @@ OUT=experiments/results
 TAG=${TAG:?TAG=name of the run, prefixes the result files}
 WHICH=${WHICH:-best}
 read -r -a EXTRA <<< "${EVAL_ARGS:-}"
+read -r -a EXTRA10 <<< "${EVAL_ARGS_K10:-${EVAL_ARGS:-}}"
 mkdir -p "$OUT"
 $M eval --editor "$RUN" --which "$WHICH" ${EXTRA[@]+"${EXTRA[@]}"} --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ" \
   --finetune-lr "$FT_LR" --per-record --json "$OUT/${TAG}_eval_zsre_dev_single.json"
-$M eval --editor "$RUN" --which "$WHICH" ${EXTRA[@]+"${EXTRA[@]}"} --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ10" \
+$M eval --editor "$RUN" --which "$WHICH" ${EXTRA10[@]+"${EXTRA10[@]}"} --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records "0:$NZ10" \
   --edits-at-once 10 --no-finetune --per-record --json "$OUT/${TAG}_eval_zsre_dev_10at_once.json"
 $M eval --editor "$RUN" --which "$WHICH" ${EXTRA[@]+"${EXTRA[@]}"} --data counterfact --file "$DATA/counterfact/counterfact-val.json" --records "0:$NC" \
   --finetune-lr "$FT_LR" --per-record --json "$OUT/${TAG}_eval_counterfact_dev_single.json"

@@ -5,7 +5,9 @@ directions are measured once, on unrelated inputs of the editor's *training* rec
     .venv/bin/python experiments/tune_projection.py --editor runs/run6 --which latest --records 0:100 \
         --grid "0@1;16@2.5;16@4" --json experiments/results/projection_tuning.json
 
-``--grid``: ``rank@scale`` pairs separated by ``;`` (rank 0: the plain editor).
+``--grid``: ``rank@scale`` pairs separated by ``;`` (rank 0: the editor as trained, with its trained projection if
+it has one), optionally ``rank@scale@steps`` to apply the editor ``steps`` times per edit
+(``mend_jax.editing.edit.iterated_mend_edits``; default 1, MEND).
 """
 from __future__ import annotations
 
@@ -43,20 +45,21 @@ def main():
     results = []
     editors = {0: editor}  # one projected editor per rank (the directions are measured once, then cached)
     for spec in args.grid.split(";"):
-        r, s = spec.split("@")
-        r, s = int(r), float(s)
+        parts = spec.split("@")
+        r, s = int(parts[0]), float(parts[1])
+        steps = int(parts[2]) if len(parts) > 2 else 1
         if r not in editors:
             editors[r] = project_inputs(editor, editor_projection(args.editor, model, editor, tcfg, r,
                                                                   args.projection_inputs))
         ed = editors[r]
         t0 = time.time()
         res = evaluate(model, dev, editor=ed, eparams=scaled_step_sizes(params, s), stats=stats, progress=False,
-                       edits_at_once=args.edits_at_once)
-        row = {"rank": r, "scale": s, **{k: res["mend"][k] for k in (
+                       edits_at_once=args.edits_at_once, edit_steps=steps)
+        row = {"rank": r, "scale": s, "edit_steps": steps, **{k: res["mend"][k] for k in (
             "reliability_token", "reliability_exact", "generalization_token", "generalization_exact",
             "locality_token", "locality_whole")}}
         results.append(row)
-        print(f"rank {r:4d} scale {s:5.2f}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
+        print(f"rank {r:4d} scale {s:5.2f} steps {steps}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
               f" loc {row['locality_token']:.3f}/{row['locality_whole']:.3f}  ({time.time() - t0:.0f} s)", flush=True)
         if args.json:  # written after every point: a long grid can be stopped at any time
             with open(args.json, "w") as fh:

@@ -57,8 +57,11 @@ def compact(edits: dict[str, LowRankEdit]) -> dict[str, LowRankEdit]:
 
 
 class EditSession:
-    def __init__(self, model, editor: Editor, editor_params, editor_stats, editor_id: str = ""):
+    def __init__(self, model, editor: Editor, editor_params, editor_stats, editor_id: str = "", edit_steps: int = 1):
+        if edit_steps < 1:
+            raise InvalidEditError(f"edit_steps must be >= 1 (1: MEND as in the paper), not {edit_steps}")
         self.model = model
+        self.edit_steps = edit_steps  # editor applications per edit (editing.edit.iterated_mend_edits)
         self.editor = editor
         self.editor_params = editor_params
         self.editor_stats = editor_stats
@@ -68,27 +71,28 @@ class EditSession:
         self.journal: list[EditRecord] = []
 
     @classmethod
-    def from_pretrained(cls, editor_dir: str, model: str | None = None, which: str = "best") -> "EditSession":
-        from mend_jax.checkpoints import load_editor, read_meta
+    def from_pretrained(cls, editor_dir: str, model: str | None = None, which: str = "best",
+                        edit_steps: int = 1) -> "EditSession":
+        from mend_jax.checkpoints import checkpoints_dir, load_editor, read_meta
         from mend_jax.weights import load_model
-        ckdir = Path(editor_dir) / "checkpoints"
-        step, meta = read_meta(ckdir if ckdir.is_dir() else Path(editor_dir), which)
+        step, meta = read_meta(checkpoints_dir(editor_dir), which)
         base = load_model(model or meta["config"]["model"], progress=False)
         editor, params, stats, meta = load_editor(editor_dir, base, which)
-        return cls(base, editor, params, stats, editor_id=f"{Path(editor_dir).resolve()}@{which}:{step}")
+        return cls(base, editor, params, stats, editor_id=f"{Path(editor_dir).resolve()}@{which}:{step}",
+                   edit_steps=edit_steps)
 
     # ------------------------------------------------------------------------------------------ editing
     def edit(self, prompts: Sequence[str], targets: Sequence[str]) -> EditRecord:
         """Apply ``len(prompts)`` edits at once (their factors summed) to the current model."""
         from mend_jax.editing.batch import edit_row_bucket
-        from mend_jax.editing.edit import mend_edits
+        from mend_jax.editing.edit import iterated_mend_edits
         from mend_jax.evaluation import hidden_states, score_targets
         from mend_jax.models import layer_index
         cfg = self.model.config
         batch = jax.tree.map(jnp.asarray, encode_examples(self.model.tokenizer, list(prompts), list(targets),
                                                           max_length=cfg.max_position_embeddings))
-        edits = mend_edits(self.editor, cfg, self.params, self.editor_params, self.editor_stats, batch,
-                           rows=edit_row_bucket(batch))
+        edits = iterated_mend_edits(self.editor, cfg, self.params, self.editor_params, self.editor_stats, batch,
+                                    steps=self.edit_steps, rows=edit_row_bucket(batch))
         edits = compact(edits)  # what the journal stores is exactly what is applied (so replay is bitwise equal)
         self.params = apply_edits(self.params, edits)
         first = min(layer_index(n) for n in self.editor.spec.layers)

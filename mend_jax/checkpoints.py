@@ -154,6 +154,13 @@ def editor_folder(path: str | Path) -> Path:
     return path if (path / "checkpoints").is_dir() else path.parent
 
 
+def checkpoints_dir(path: str | Path) -> Path:
+    """The folder holding an editor's ``best/`` and ``latest/`` steps for ``path`` (a ``mend-jax train --out`` or
+    ``save-editor`` folder, or that folder's ``checkpoints`` subfolder itself)."""
+    path = Path(path)
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
 def _has_steps(folder: Path) -> bool:
     return folder.is_dir() and any(p.name.isdigit() and (p / "meta").exists() for p in folder.iterdir())
 
@@ -189,7 +196,7 @@ def load_editor(directory: str | Path, model, which: str = "best"):
     from mend_jax.training.config import TrainConfig
     from mend_jax.training.step import init_train_state, make_optimizer
     directory = Path(directory)
-    ckdir = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
+    ckdir = checkpoints_dir(directory)
     if which == "latest" and not _has_steps(ckdir / "latest") and _has_steps(ckdir / "best"):
         which = "best"  # an editor-only folder (save_editor) holds one step
     if not (ckdir / which).is_dir():

@@ -80,7 +80,7 @@ def _editor_args(p) -> None:
 
 
 def _transform_args(p) -> None:
-    """--project-out / --projection-inputs / --edit-scale, shared by eval and edit."""
+    """--project-out / --projection-inputs / --edit-scale / --edit-steps, shared by eval and edit."""
     p.add_argument("--project-out", type=int, default=0, metavar="R",
                    help="remove from the editor's pseudo-inputs the top R directions of unrelated inputs of the "
                         "editor's training data (editing/projection.py; 0: off, plain MEND)")
@@ -88,13 +88,15 @@ def _transform_args(p) -> None:
                    help="unrelated training inputs the directions of --project-out are measured on")
     p.add_argument("--edit-scale", type=float, default=1.0,
                    help="multiply the editor's learned step sizes (tune on dev records; 1: as trained)")
+    p.add_argument("--edit-steps", type=int, default=1,
+                   help="apply the editor this many times per edit, each time to the factors at the weights edited "
+                        "so far (editing/edit.py iterated_mend_edits; 1: MEND as in the paper)")
 
 
 def _load(args, editor_dir):
-    from mend_jax.checkpoints import load_editor, read_meta
+    from mend_jax.checkpoints import checkpoints_dir, load_editor, read_meta
     from mend_jax.weights import load_model
-    ckdir = Path(editor_dir) / "checkpoints"
-    _, meta = read_meta(ckdir if ckdir.is_dir() else Path(editor_dir), getattr(args, "which", "best"))
+    _, meta = read_meta(checkpoints_dir(editor_dir), getattr(args, "which", "best"))
     model = load_model(args.model or meta["config"]["model"])
     editor, params, stats, meta = load_editor(editor_dir, model, which=getattr(args, "which", "best"))
     return model, editor, params, stats, meta
@@ -104,6 +106,8 @@ def _transformed_editor(args, model, editor, params, meta):
     """--project-out / --edit-scale: the trained editor composed with the projection, its step sizes scaled."""
     from mend_jax.editing.projection import editor_projection, project_inputs, scaled_step_sizes
     from mend_jax.training.config import TrainConfig
+    if args.edit_steps < 1:
+        raise MendJaxError(f"--edit-steps must be >= 1 (1: MEND as in the paper), not {args.edit_steps}")
     if args.project_out:
         bases = editor_projection(args.editor, model, editor, TrainConfig.from_json(meta["config"]),
                                   args.project_out, args.projection_inputs)
@@ -125,12 +129,12 @@ def cmd_eval(args) -> int:
     ft = None if args.no_finetune else FineTuneConfig(args.finetune_lr, args.finetune_steps)
     t0 = time.time()
     res = evaluate(model, records, editor=editor, eparams=params, stats=stats, edits_at_once=args.edits_at_once,
-                   finetune_cfg=ft, per_record=args.per_record)
+                   finetune_cfg=ft, per_record=args.per_record, edit_steps=args.edit_steps)
     res.update({"data": args.data, "file": args.file, "records": args.records, "indices": args.indices,
                 "editor": str(args.editor), "editor_step": int(meta["step"]), "model": model.name,
                 "trained_project_out": int(meta["config"].get("project_out", 0)),  # part of the trained editor
                 "project_out": args.project_out, "projection_inputs": args.projection_inputs if args.project_out else 0,
-                "edit_scale": args.edit_scale,
+                "edit_scale": args.edit_scale, "edit_steps": args.edit_steps,
                 "seconds": time.time() - t0})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2))
@@ -144,9 +148,10 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def show_edit(model, editor, params, stats, prompt, target, rephrase, unrelated, max_new_tokens, journal=None):
+def show_edit(model, editor, params, stats, prompt, target, rephrase, unrelated, max_new_tokens, journal=None,
+              edit_steps=1):
     from mend_jax.api import EditSession
-    session = EditSession(model, editor, params, stats)
+    session = EditSession(model, editor, params, stats, edit_steps=edit_steps)
     probes = [("prompt", prompt)] + ([("rephrase", rephrase)] if rephrase else []) + [("unrelated", unrelated)]
     before = {k: session.generate(p, max_new_tokens) for k, p in probes}
     rec = session.edit([prompt], [target])
@@ -166,7 +171,7 @@ def cmd_edit(args) -> int:
     model, editor, params, stats, meta = _load(args, args.editor)
     editor, params = _transformed_editor(args, model, editor, params, meta)
     show_edit(model, editor, params, stats, args.prompt, args.target, args.rephrase, args.unrelated,
-              args.max_new_tokens, args.journal)
+              args.max_new_tokens, args.journal, edit_steps=args.edit_steps)
     return 0
 
 
@@ -193,11 +198,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_save_editor(args) -> int:
-    from mend_jax.checkpoints import folder_bytes, save_editor
-    from mend_jax.checkpoints import read_meta
+    from mend_jax.checkpoints import checkpoints_dir, folder_bytes, read_meta, save_editor
     from mend_jax.weights import load_model
-    ckdir = Path(args.editor) / "checkpoints"
-    _, meta = read_meta(ckdir if ckdir.is_dir() else Path(args.editor), args.which)
+    _, meta = read_meta(checkpoints_dir(args.editor), args.which)
     model = load_model(args.model or meta["config"]["model"])  # save_editor loads (and checks) the editor once
     out = save_editor(args.editor, args.out, model, which=args.which)
     print(f"saved the editor of {args.editor} ({args.which}) to {out}: {folder_bytes(out) / 1e6:.1f} MB")
@@ -206,11 +209,10 @@ def cmd_save_editor(args) -> int:
 
 def cmd_inspect(args) -> int:
     import jax
-    from mend_jax.checkpoints import folder_bytes, read_meta
+    from mend_jax.checkpoints import checkpoints_dir, folder_bytes, read_meta
     model, editor, params, stats, _ = _load(args, args.editor)
-    ckdir = Path(args.editor) / "checkpoints"
-    step, meta = read_meta(ckdir if ckdir.is_dir() else Path(args.editor), args.which)
-    step_dir = (ckdir if ckdir.is_dir() else Path(args.editor)) / args.which / str(step)
+    step, meta = read_meta(checkpoints_dir(args.editor), args.which)
+    step_dir = checkpoints_dir(args.editor) / args.which / str(step)
     base_files = [p for p in Path(model.folder).iterdir() if p.suffix in (".safetensors", ".bin", ".gguf")]
     base_bytes = sum(p.stat().st_size for p in base_files)
     info = {"editor": str(args.editor), "which": args.which, "step": step, "base_model": model.name,

@@ -14,12 +14,12 @@ from mend_jax.weights import load_model
 pytestmark = pytest.mark.smollm2
 
 
-def session_for(model, lr=0.5):
+def session_for(model, lr=0.5, edit_steps=1):
     fam = model.family
     spec = EditorSpec.from_model(fam.linear_layers(model.config), fam.default_edit_layers(model.config, 2))
     editor = identity_editor(spec, edit_lr=lr)
     params, stats = editor.init(jax.random.key(0))
-    return EditSession(model, editor, params, stats, editor_id="identity")
+    return EditSession(model, editor, params, stats, editor_id="identity", edit_steps=edit_steps)
 
 
 def kernels(params, layers):
@@ -109,3 +109,23 @@ def test_journal_remove_then_replay_equals_the_other_edits(tiny_lm, tmp_path):
         np.testing.assert_array_equal(kernels(s2.params, layers)[n], kernels(s.params, layers)[n])
     with pytest.raises(InvalidEditError):
         journal_remove(tmp_path / "j", r1.id)
+
+
+def test_an_edit_of_two_editor_steps_is_journaled_whole_and_reverts_exactly(tiny_lm):
+    """``edit_steps=2``: the session's edit is the first step's rows plus the second's (taken at the weights the
+    first left), stored and applied as one journal entry; reverting it restores the base weights bit for bit."""
+    one, two = session_for(tiny_lm, lr=0.05), session_for(tiny_lm, lr=0.05, edit_steps=2)
+    layers = one.editor.spec.layers
+    base = kernels(two.base_params, layers)
+    r1 = one.edit(["The capital of France is"], ["Rome"])
+    r2 = two.edit(["The capital of France is"], ["Rome"])
+    for n in layers:
+        assert r2.edits[n].a.shape[0] == 2 * r1.edits[n].a.shape[0]  # both steps' rows
+        np.testing.assert_allclose(r2.edits[n].a[:r1.edits[n].a.shape[0]], r1.edits[n].a, rtol=1e-6)
+    np.testing.assert_array_equal(kernels(two.params, layers)[layers[0]],
+                                  kernels(apply_edits(tiny_lm.params, r2.edits), layers)[layers[0]])
+    two.revert(r2.id)
+    for n in layers:
+        np.testing.assert_array_equal(kernels(two.params, layers)[n], base[n])
+    with pytest.raises(InvalidEditError, match="edit_steps must be >= 1"):
+        session_for(tiny_lm, edit_steps=0)

@@ -227,3 +227,65 @@ def test_edited_kernels_only_change_edited_layers():
         if id(leaf) not in edited:
             assert leaf is old_leaves[path]  # shared, not copied
     assert len(jax.tree.leaves(new)) == len(old_leaves)
+
+
+def test_iterated_identity_editor_is_gradient_descent_and_one_step_is_mend():
+    """``iterated_mend_edits(steps=2)`` with the identity transformation at step size lr is two gradient-descent
+    steps on the edit loss (the second at the weights the first left), as one merged low-rank edit; steps=1 is
+    exactly ``mend_edits``; steps < 1 is refused."""
+    from mend_jax.editing import edit_row_bucket, iterated_mend_edits, mend_edits
+    from mend_jax.errors import MendJaxError
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    batch = make_batch(cfg)
+    layers = edit_layers(cfg)
+    lr = 0.05
+    editor = identity_editor(EditorSpec.from_model(family_for(cfg).linear_layers(cfg), layers), edit_lr=lr)
+    ep, es = editor.init(jax.random.key(0))
+    rows = edit_row_bucket(batch)
+    one = iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=1, rows=rows)
+    ref = mend_edits(editor, cfg, params, ep, es, batch, rows=rows)
+    for n in layers:
+        np.testing.assert_array_equal(one[n].dense(), ref[n].dense())
+    f, kernels = loss_wrt_kernels(params, cfg, batch, layers)
+    g1 = jax.grad(f)(kernels)
+    k1 = {n: kernels[n] - lr * g1[n] for n in layers}
+    g2 = jax.grad(f)(k1)
+    two = iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=2, rows=rows)
+    edited = apply_edits(params, two)
+    for n in layers:
+        np.testing.assert_allclose(get_module(edited, n)["kernel"], k1[n] - lr * g2[n], rtol=1e-5, atol=1e-6)
+    assert float(f({n: get_module(edited, n)["kernel"] for n in layers})) < float(f(k1)) < float(f(kernels))
+    with pytest.raises(MendJaxError, match="edit steps must be >= 1"):
+        iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=0)
+
+
+def test_step_sizes_scale_with_the_number_of_edits_when_the_editor_learns_their_exponent():
+    """``edit_lr_k_power``: k edits at once take the step ``alpha_l * k**p_l``; without it (the paper) one step
+    size for every k. An example without target tokens (bucket padding) is not an edit."""
+    import dataclasses
+
+    from mend_jax.editing import mend_edits, step_sizes
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    layers = edit_layers(cfg)
+    plain = identity_editor(EditorSpec.from_model(family_for(cfg).linear_layers(cfg), layers), edit_lr=0.1)
+    powered = dataclasses.replace(plain, k_power=True)
+    ep, es = plain.init(jax.random.key(0))
+    pp, _ = powered.init(jax.random.key(0))
+    assert "edit_lr_k_power" not in ep and np.all(np.asarray(pp["edit_lr_k_power"]) == 0)
+    power = jnp.linspace(-0.5, 0.5, len(layers))
+    pp = {**pp, "edit_lr_k_power": power}
+    np.testing.assert_allclose(step_sizes(pp, 3.0), 0.1 * 3.0 ** power, rtol=1e-6)
+    np.testing.assert_allclose(step_sizes(pp, jnp.array([1.0, 4.0])), 0.1 * jnp.stack([4.0 ** (0 * power),
+                                                                                          4.0 ** power]), rtol=1e-6)
+    np.testing.assert_allclose(step_sizes(ep, 5.0), ep["edit_lrs"])
+    batch = make_batch(cfg, b=3)
+    extra = jax.tree.map(lambda x: x[:1], batch)  # a 4th example without target tokens: no edit
+    extra = TokenBatch(extra.input_ids, extra.attention_mask, extra.target_pos, extra.target_ids,
+                       jnp.zeros_like(extra.target_mask))
+    padded = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), batch, extra)
+    a = mend_edits(plain, cfg, params, ep, es, batch)
+    b = mend_edits(powered, cfg, params, pp, es, padded)
+    for i, n in enumerate(layers):
+        np.testing.assert_allclose(b[n].dense(), a[n].dense() * 3.0 ** float(power[i]), rtol=1e-5, atol=1e-7)

@@ -386,3 +386,26 @@ def test_a_moved_run_folder_resumes_and_another_configuration_is_refused(tiny_lm
     assert steps == [1, 2, 3]  # continued from step 2, not restarted
     with pytest.raises(CheckpointError, match="lr"):
         train(dataclasses.replace(_tiny_cfg(tmp_path / "b", 4), lr=5e-4), model=tiny_lm, progress=False)
+
+
+def test_the_exponent_of_the_step_sizes_in_k_is_trained_by_batched_problems_only(tiny_lm, tmp_path):
+    """``edit_lr_k_power=True`` with a schedule of single and 3-edit problems: single-edit steps leave the exponent
+    at exactly 0 (k**p has no gradient in p at k = 1), the 3-edit step moves it; it is saved, resumed and loaded
+    with the editor; a run without the option has no such parameter."""
+    import dataclasses
+    from mend_jax.checkpoints import load_editor
+    from mend_jax.training.loop import train
+    cfg = lambda out, steps, **kw: dataclasses.replace(_tiny_cfg(out, steps), schedule="2x1,1x3", **kw)  # noqa
+    train(cfg(tmp_path / "one", 1, edit_lr_k_power=True), model=tiny_lm, progress=False)
+    _, p1, _, _ = load_editor(tmp_path / "one", tiny_lm, which="latest")
+    np.testing.assert_array_equal(np.asarray(p1["edit_lr_k_power"]), 0.0)
+    assert not np.allclose(np.asarray(p1["edit_lrs"]), 1e-3)  # the step sizes themselves did move
+    train(cfg(tmp_path / "one", 2, edit_lr_k_power=True), model=tiny_lm, progress=False)  # resumes: a 3-edit step
+    editor, p2, _, meta = load_editor(tmp_path / "one", tiny_lm, which="latest")
+    assert meta["step"] == 2 and editor.k_power
+    assert np.all(np.abs(np.asarray(p2["edit_lr_k_power"])) > 0)
+    rows = [json.loads(r) for r in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    assert rows[0]["edit_lr_k_power_mean"] == 0.0 and rows[1]["edit_lr_k_power_mean"] != 0.0
+    train(cfg(tmp_path / "plain", 1), model=tiny_lm, progress=False)
+    editor, p, _, _ = load_editor(tmp_path / "plain", tiny_lm, which="latest")
+    assert "edit_lr_k_power" not in p and not editor.k_power

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from mend_jax.editing.batch import TokenBatch
-from mend_jax.editing.editor import Editor
+from mend_jax.editing.editor import Editor, step_sizes
 from mend_jax.editing.factors import Factors, capture_factors
+from mend_jax.errors import MendJaxError
 from mend_jax.models import LowRankEdit, get_module, replace_module
 
 
@@ -37,6 +38,12 @@ def gather_real_rows(mask: jax.Array, rows: int):
     return idx, jnp.arange(rows) < n_real, n_real > rows
 
 
+def n_edits(mask: jax.Array) -> jax.Array:
+    """How many edit examples a factor mask [..., T] holds in all (those with at least one real row): a scalar,
+    the k of k edits applied at once (:func:`compute_edits` sums the rows of every leading axis into one edit)."""
+    return jnp.sum(jnp.any(mask > 0, axis=-1))
+
+
 def compute_edits(editor: Editor, params: Mapping, state: Mapping, factors: Factors,
                   rows: int | None = None) -> dict[str, LowRankEdit]:
     """Per edited layer, the low-rank update ``-alpha_l * sum_r u~_r^T delta~_r`` (rows of every example summed:
@@ -45,17 +52,19 @@ def compute_edits(editor: Editor, params: Mapping, state: Mapping, factors: Fact
 
     ``rows`` (static): run the editor only on the first ``rows`` unmasked rows of each layer, gathered into a
     fixed-size buffer, instead of on every padded position (see :func:`mend_jax.editing.batch.edit_row_bucket`
-    for a bound that is always large enough). The result is the same; the editor's cost follows the real tokens."""
+    for a bound that is always large enough). The result is the same; the editor's cost follows the real tokens.
+    The step sizes are those of the number of edits in ``factors`` (:func:`mend_jax.editing.editor.step_sizes`)."""
     us, ds, ms, scales = {}, {}, {}, {}
+    alpha = step_sizes(params, n_edits(factors.mask[editor.spec.layers[0]]))
     for i, name in enumerate(editor.spec.layers):
         u, d, m = edit_rows(factors, name)
         if rows is not None and rows < m.shape[0]:
             idx, valid, overflow = gather_real_rows(m, rows)
             u, d, m = u[idx], d[idx], jnp.where(valid, m[idx], 0.0)
             # a bound too small would silently drop rows: make that edit NaN (loud) instead
-            scales[name] = jnp.where(overflow, jnp.nan, -params["edit_lrs"][i])
+            scales[name] = jnp.where(overflow, jnp.nan, -alpha[i])
         else:
-            scales[name] = -params["edit_lrs"][i]
+            scales[name] = -alpha[i]
         us[name], ds[name], ms[name] = u, d, m
     out = editor.apply_all(params["nets"], state, us, ds)  # layers sharing a net go through it together
     return {name: LowRankEdit(a=out[name][0] * ms[name][:, None], b=out[name][1] * ms[name][:, None],
@@ -72,6 +81,22 @@ def mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapping, stat
     return compute_edits(editor, eparams, stats, factors, rows=rows)
 
 
+def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapping, stats: Mapping,
+                        batch: TokenBatch, steps: int = 1, rows: int | None = None) -> dict[str, LowRankEdit]:
+    """``steps`` editor steps on one edit batch: step 1 is MEND's edit (:func:`mend_edits`); each further step
+    takes the factors of the same batch at the weights edited so far and adds the editor's update of them (the
+    rows of all steps merged into one low-rank edit, each step's size folded in). ``steps=1`` is exactly
+    :func:`mend_edits`. An option beyond the paper (which applies the editor once): the later steps see the
+    gradient of what the first step left unfit, typically one wrong token of a multi-token target."""
+    if steps < 1:
+        raise MendJaxError(f"edit steps must be >= 1, not {steps}")
+    edits = mend_edits(editor, cfg, base_params, eparams, stats, batch, rows=rows)
+    for _ in range(steps - 1):
+        edited = with_kernels(base_params, _edited_kernels_jit(base_params, edits))
+        edits = merge_edits(edits, mend_edits(editor, cfg, edited, eparams, stats, batch, rows=rows))
+    return edits
+
+
 def edited_kernels(base_params: Mapping, edits: Mapping[str, LowRankEdit]) -> dict[str, jax.Array]:
     """``kernel + Delta W`` of each edited layer only (in the kernel's dtype; the update is computed in f32).
 
@@ -82,6 +107,9 @@ def edited_kernels(base_params: Mapping, edits: Mapping[str, LowRankEdit]) -> di
         k = get_module(base_params, name)["kernel"]
         out[name] = (k.astype(jnp.float32) + e.dense()).astype(k.dtype)
     return out
+
+
+_edited_kernels_jit = jax.jit(edited_kernels)
 
 
 def with_kernels(base_params: Mapping, kernels: Mapping[str, jax.Array]) -> dict:

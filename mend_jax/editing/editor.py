@@ -38,6 +38,9 @@ class EditorConfig:
     one_sided: bool = False
     shared: bool = True
     edit_lr_init: float = 1e-4  # alpha_0 > 0: the first edits descend the edit loss (W~ = W - alpha * grad~)
+    # learn per layer an exponent p_l so that k edits applied at once take the step alpha_l * k**p_l (p = 0 at
+    # init: the paper's one step size for every k); only problems of k > 1 edits move it
+    edit_lr_k_power: bool = False
 
     def __post_init__(self):
         flags = [self.x_only, self.delta_only, self.one_sided]
@@ -189,6 +192,7 @@ class Editor:
     # equal to calling ``apply`` per layer (MEND: the layers sharing a net go through it as one batch of rows, so
     # its weights are read once per edit instead of once per layer)
     apply_layers: Callable[..., dict] | None = None
+    k_power: bool = False  # params carry "edit_lr_k_power" [L] (see EditorConfig.edit_lr_k_power, step_sizes)
 
     def apply_all(self, nets, state, u: Mapping[str, jax.Array], delta: Mapping[str, jax.Array]) -> dict:
         """``{layer name: (u~, delta~)}`` for every edited layer."""
@@ -197,9 +201,12 @@ class Editor:
         return {n: self.apply(nets, state, u[n], delta[n], i) for i, n in enumerate(self.spec.layers)}
 
     def init(self, key: jax.Array) -> tuple[dict, dict]:
-        """``(params, state)``: params = {"nets": ..., "edit_lrs": [L]}; state = running statistics per net."""
+        """``(params, state)``: params = {"nets": ..., "edit_lrs": [L]} (and ``"edit_lr_k_power": [L]`` zeros with
+        ``k_power``); state = running statistics per net."""
         params = {"nets": self.init_nets(key),
                   "edit_lrs": jnp.full((len(self.spec.layers),), self.edit_lr_init, jnp.float32)}
+        if self.k_power:
+            params["edit_lr_k_power"] = jnp.zeros((len(self.spec.layers),), jnp.float32)
         return params, self.init_state()
 
     def init_state(self) -> dict:
@@ -220,6 +227,17 @@ class Editor:
             new[key]["u"] = merge_stats(new[key]["u"], u_rows[name], masks[name])
             new[key]["delta"] = merge_stats(new[key]["delta"], d_rows[name], masks[name])
         return new
+
+
+def step_sizes(params: Mapping, n_edits) -> jax.Array:
+    """The step size ``alpha_l`` of every edited layer [L] for a group of ``n_edits`` edits applied at once (a
+    scalar; or [N] for N groups -> [N, L]): ``edit_lrs``, times ``n_edits ** edit_lr_k_power`` when the editor
+    learns that exponent (``EditorConfig.edit_lr_k_power``). Fewer than one edit counts as one."""
+    lrs = params["edit_lrs"]
+    if "edit_lr_k_power" not in params:
+        return jnp.broadcast_to(lrs, jnp.shape(n_edits) + lrs.shape)
+    k = jnp.maximum(jnp.asarray(n_edits, jnp.float32), 1.0)[..., None]
+    return lrs * k ** params["edit_lr_k_power"]
 
 
 def mend_editor(spec: EditorSpec, cfg: EditorConfig = EditorConfig()) -> Editor:
@@ -283,7 +301,7 @@ def mend_editor(spec: EditorSpec, cfg: EditorConfig = EditorConfig()) -> Editor:
         return out
 
     return Editor(spec, init_nets, apply, norm=cfg.norm, edit_lr_init=cfg.edit_lr_init, name="mend", config=cfg,
-                  apply_layers=apply_layers)
+                  apply_layers=apply_layers, k_power=cfg.edit_lr_k_power)
 
 
 def identity_editor(spec: EditorSpec, edit_lr: float = 1e-4) -> Editor:

@@ -61,6 +61,10 @@ def register(sub) -> None:
                            help="compute the frozen blocks' hidden states once per distinct training input at the "
                                 "start (memory: real tokens x hidden size x 4 bytes) instead of in every step; "
                                 "one device only")
+        elif f.name == "edit_lr_k_power":
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
+                           help="learn per edited layer an exponent p so that k edits at once take the step "
+                                "alpha * k**p (p = 0 at start; trained by the k > 1 problems of --schedule)")
         elif f.name == "init_from":
             p.add_argument(flag, default=None, help="warm start: the editor (not the optimizer state) of another "
                                                    "run's best checkpoint, e.g. its --out folder")

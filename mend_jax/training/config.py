@@ -41,6 +41,7 @@ class TrainConfig:
     lr: float = 1e-5  # editor nets (paper 1e-6)
     lr_lr: float = 1e-5  # step sizes (paper 1e-4, but in effect 1e-6 in the original code)
     edit_lr_init: float = 1e-4  # alpha_0 > 0 with W~ = W - alpha * update: first edits descend
+    edit_lr_k_power: bool = False  # step sizes alpha_l * k**p_l for k edits at once, p_l learned (EditorConfig)
     c_edit: float = 0.1
     c_loc: float = 1.0
     grad_clip: float = 100.0
@@ -101,6 +102,7 @@ class TrainConfig:
         d.setdefault("hidden_cache", False)
         d.setdefault("project_out", 0)
         d.setdefault("projection_inputs", 1024)
+        d.setdefault("edit_lr_k_power", False)
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

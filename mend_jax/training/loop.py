@@ -36,7 +36,7 @@ def build_editor(model, cfg: TrainConfig):
     layers = fam.default_edit_layers(model.config, cfg.edit_blocks)
     spec = EditorSpec.from_model(fam.linear_layers(model.config), layers, shared=cfg.shared)
     ecfg = EditorConfig(rank=cfg.rank, n_hidden=cfg.n_hidden, combine=cfg.combine, shared=cfg.shared,
-                        edit_lr_init=cfg.edit_lr_init)
+                        edit_lr_init=cfg.edit_lr_init, edit_lr_k_power=cfg.edit_lr_k_power)
     return mend_editor(spec, ecfg), ecfg
 
 

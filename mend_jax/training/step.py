@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import optax
 
 from mend_jax.editing.batch import TokenBatch
-from mend_jax.editing.edit import compute_edits, edit_rows, gather_real_rows
-from mend_jax.editing.editor import Editor
+from mend_jax.editing.edit import compute_edits, edit_rows, gather_real_rows, n_edits
+from mend_jax.editing.editor import Editor, step_sizes
 from mend_jax.editing.factors import capture_factors
 from mend_jax.editing.losses import kl_pre_post, masked_nll, token_accuracy
 from mend_jax.models import LinearHooks, LowRankEdit, family_for, layer_index
@@ -61,9 +61,11 @@ class StepHParams:
 
 
 def make_optimizer(lr: float, lr_lr: float, grad_clip: float, max_consecutive_nonfinite: int = 100):
-    """Adam for the editor nets (``lr``) and, separately, for the step sizes (``lr_lr``); one joint global-norm
-    clip; updates with a non-finite gradient are skipped (``optax.apply_if_finite``)."""
-    labels = lambda params: {"nets": jax.tree.map(lambda _: "nets", params["nets"]), "edit_lrs": "edit_lrs"}  # noqa
+    """Adam for the editor nets (``lr``) and, separately, for the step sizes (``lr_lr``: ``edit_lrs`` and, if the
+    editor has them, their exponents in the number of edits); one joint global-norm clip; updates with a
+    non-finite gradient are skipped (``optax.apply_if_finite``)."""
+    labels = lambda params: {k: (jax.tree.map(lambda _: "nets", v) if k == "nets" else "edit_lrs")  # noqa
+                             for k, v in params.items()}
     tx = optax.chain(optax.clip_by_global_norm(grad_clip),
                      optax.multi_transform({"nets": optax.adam(lr), "edit_lrs": optax.adam(lr_lr)}, labels))
     return optax.apply_if_finite(tx, max_consecutive_nonfinite)
@@ -95,6 +97,7 @@ def problem_edits(editor: Editor, eparams, stats, factors, rows: int | None = No
         us[name], ds[name], ms[name] = u[idx], d[idx], jnp.where(valid, m[idx], 0.0)
         pids[name] = jnp.where(valid, idx // per, n_prob)  # padding rows belong to no problem
     out = editor.apply_all(eparams["nets"], stats, us, ds)
+    alpha = step_sizes(eparams, jax.vmap(n_edits)(factors.mask[names[0]]))  # [N, L]: each problem's k
     edits = {}
     for i, name in enumerate(names):
         a, b = out[name][0] * ms[name][:, None], out[name][1] * ms[name][:, None]
@@ -103,8 +106,8 @@ def problem_edits(editor: Editor, eparams, stats, factors, rows: int | None = No
         w = min(per, rows)
         win = jnp.minimum(starts[:, None] + jnp.arange(w)[None, :], rows - 1)  # [N, W]
         keep = (jnp.arange(w)[None, :] < counts[:, None]).astype(a.dtype)[..., None]
-        scale = jnp.where(overflow[name], jnp.nan, -eparams["edit_lrs"][i])
-        edits[name] = LowRankEdit(a=a[win] * keep, b=b[win] * keep, scale=jnp.broadcast_to(scale, (n_prob,)))
+        scale = jnp.where(overflow[name], jnp.nan, -alpha[:, i])
+        edits[name] = LowRankEdit(a=a[win] * keep, b=b[win] * keep, scale=scale)
     return edits
 
 
@@ -192,6 +195,8 @@ def make_train_step(editor: Editor, cfg, tx, hp: StepHParams = StepHParams(), do
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["finite"] = jnp.isfinite(metrics["grad_norm"]).astype(jnp.float32)
         metrics["edit_lr_mean"] = params["edit_lrs"].mean()
+        if "edit_lr_k_power" in params:
+            metrics["edit_lr_k_power_mean"] = params["edit_lr_k_power"].mean()
         return {"params": params, "stats": stats, "opt_state": opt_state, "step": ts["step"] + 1}, metrics
 
     if not jit:
