@@ -106,8 +106,6 @@ def _transformed_editor(args, model, editor, params, meta):
     """--project-out / --edit-scale: the trained editor composed with the projection, its step sizes scaled."""
     from mend_jax.editing.projection import editor_projection, project_inputs, scaled_step_sizes
     from mend_jax.training.config import TrainConfig
-    if args.edit_steps < 1:
-        raise MendJaxError(f"--edit-steps must be >= 1 (1: MEND as in the paper), not {args.edit_steps}")
     if args.project_out:
         bases = editor_projection(args.editor, model, editor, TrainConfig.from_json(meta["config"]),
                                   args.project_out, args.projection_inputs)
