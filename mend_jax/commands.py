@@ -88,9 +88,10 @@ def _transform_args(p) -> None:
                    help="unrelated training inputs the directions of --project-out are measured on")
     p.add_argument("--edit-scale", type=float, default=1.0,
                    help="multiply the editor's learned step sizes (tune on dev records; 1: as trained)")
-    p.add_argument("--edit-steps", type=int, default=1,
+    p.add_argument("--edit-steps", type=int, default=None,
                    help="apply the editor this many times per edit, each time to the factors at the weights edited "
-                        "so far (editing/edit.py iterated_mend_edits; 1: MEND as in the paper)")
+                        "so far (editing/edit.py iterated_mend_edits; 1: MEND as in the paper; default: as many "
+                        "as the editor was trained with, `mend-jax train --edit-steps`)")
 
 
 def _load(args, editor_dir):
@@ -99,6 +100,8 @@ def _load(args, editor_dir):
     _, meta = read_meta(checkpoints_dir(editor_dir), getattr(args, "which", "best"))
     model = load_model(args.model or meta["config"]["model"])
     editor, params, stats, meta = load_editor(editor_dir, model, which=getattr(args, "which", "best"))
+    if getattr(args, "edit_steps", 0) is None:  # not given: the editor is applied as it was trained
+        args.edit_steps = int(meta["config"].get("edit_steps", 1))
     return model, editor, params, stats, meta
 
 

@@ -409,3 +409,69 @@ def test_the_exponent_of_the_step_sizes_in_k_is_trained_by_batched_problems_only
     train(cfg(tmp_path / "plain", 1), model=tiny_lm, progress=False)
     editor, p, _, _ = load_editor(tmp_path / "plain", tiny_lm, which="latest")
     assert "edit_lr_k_power" not in p and not editor.k_power
+
+
+def test_two_editor_steps_in_training_are_the_iterated_edit_of_evaluation(tiny_lm):
+    """``StepHParams.edit_steps=2`` (``mend-jax train --edit-steps 2``): the losses of each problem are those of the
+    model edited by ``iterated_mend_edits(steps=2)``, the edit that evaluation and the API apply (the second step
+    on the factors at the weights the first left, materialised there, low-rank here); it trains the editor too."""
+    import dataclasses
+    from mend_jax.editing.edit import apply_edits, iterated_mend_edits
+    from mend_jax.editing.losses import kl_pre_post, masked_nll
+    editor, records = setup(tiny_lm)
+    cfg, fam = tiny_lm.config, tiny_lm.family
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    batch = training_batch(tiny_lm.tokenizer, records, DataOrder(len(records), 0), 0, 2, SHAPES, 128,
+                           train_loc="own")
+    ts, _ = make_train_step(editor, cfg, tx, donate=False)(ts, tiny_lm.params, batch)  # statistics initialised
+    hp = StepHParams(edit_steps=2)
+    per = make_eval_step(editor, cfg, hp)(ts["params"], ts["stats"], tiny_lm.params, batch)
+    one = make_eval_step(editor, cfg)(ts["params"], ts["stats"], tiny_lm.params, batch)
+    take = lambda tb, i: jax.tree.map(lambda x: x[i], tb)  # noqa: E731
+    for i in range(2):
+        edit, equiv, loc = take(batch.edit, i), take(batch.equiv, i), take(batch.loc, i)
+        edits = iterated_mend_edits(editor, cfg, tiny_lm.params, ts["params"], ts["stats"], edit, steps=2)
+        edited = apply_edits(tiny_lm.params, edits)
+        logits = fam.forward(edited, cfg, equiv.input_ids, equiv.attention_mask, logits_at=equiv.target_pos)
+        np.testing.assert_allclose(per["loss/edit"][i], masked_nll(logits, equiv.target_ids, equiv.target_mask),
+                                   rtol=2e-4)
+        pre = fam.forward(tiny_lm.params, cfg, loc.input_ids, loc.attention_mask)
+        post = fam.forward(edited, cfg, loc.input_ids, loc.attention_mask)
+        np.testing.assert_allclose(per["loss/loc"][i], kl_pre_post(pre, post, loc.attention_mask.astype(np.float32)),
+                                   rtol=2e-3, atol=1e-7)
+    assert not np.allclose(per["loss/edit"], one["loss/edit"])  # the second step changes the edit
+    step2 = make_train_step(editor, cfg, tx, hp, donate=False)
+    ts2, m = step2(ts, tiny_lm.params, batch)
+    assert float(m["finite"]) == 1.0
+    assert np.abs(np.asarray(ts2["params"]["edit_lrs"]) - np.asarray(ts["params"]["edit_lrs"])).max() > 0
+    with pytest.raises(Exception, match="edit-steps"):
+        from mend_jax.training.config import TrainConfig
+        TrainConfig(edit_steps=0)
+    assert dataclasses.replace(hp, edit_steps=1) == StepHParams()
+
+
+def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tmp_path):
+    """``mend-jax train --edit-steps 2``: the run's config keeps it; ``mend-jax eval`` and
+    ``EditSession.from_pretrained`` then apply the editor twice unless told otherwise (``--edit-steps 1``), and
+    the results file says how many steps were applied."""
+    import dataclasses
+
+    from mend_jax.api import EditSession
+    from mend_jax.cli import main
+    from mend_jax.training.loop import train
+    out = tmp_path / "two"
+    cfg = dataclasses.replace(_tiny_cfg(out, 2), model=str(tiny_lm.folder), edit_steps=2)
+    train(cfg, model=tiny_lm, progress=False)
+    log = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in log)
+    args = ["eval", "--editor", str(out), "--which", "latest", "--model", str(tiny_lm.folder), "--data", "demo",
+            "--records", "100:104", "--no-finetune"]
+    assert main(args + ["--json", str(tmp_path / "a.json")]) == 0
+    assert main(args + ["--edit-steps", "1", "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    assert (a["edit_steps"], b["edit_steps"]) == (2, 1)
+    assert a["mend"] != b["mend"]
+    assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest").edit_steps == 2
+    assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest",
+                                       edit_steps=1).edit_steps == 1

@@ -51,14 +51,16 @@ def edit_loss_fn(params, cfg, batch: TokenBatch, hooks: LinearHooks, first_layer
 
 
 def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], return_hidden: bool = False,
-                    hidden=None):
+                    hidden=None, edits=None):
     """``(loss, factors)``: the edit loss (per edit example the token-mean NLL of its targets, summed over the
     examples: see :func:`edit_loss_fn`) and the factors of ``layers``. Pure; jit it with ``cfg`` static.
 
     ``return_hidden``: also return the (gradient-stopped) hidden state entering the lowest edited block,
     ``(loss, factors, hidden)``, for callers that run the same batch through the edited model next (it does not
     depend on the edit, so they can start there instead of recomputing the frozen blocks). ``hidden``: that state,
-    computed earlier (e.g. ``training.frozen_cache``), [B, T, D]; the frozen blocks are then not run at all."""
+    computed earlier (e.g. ``training.frozen_cache``), [B, T, D]; the frozen blocks are then not run at all.
+    ``edits``: low-rank edits ({layer: LowRankEdit}) applied in the forward pass: the factors are then those at the
+    edited weights (a further editor step, see ``editing.edit.iterated_mend_edits``); gradient-stopped."""
     fam = family_for(cfg)
     shapes = fam.linear_layers(cfg)
     missing = [n for n in layers if n not in shapes]
@@ -69,12 +71,13 @@ def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], retur
     if hidden is None:
         hidden = fam.hidden_before(params, cfg, batch.input_ids, batch.attention_mask, first)
     hidden = jax.lax.stop_gradient(hidden)
+    edits = None if edits is None else jax.lax.stop_gradient(edits)
     b, t = batch.input_ids.shape
     dtype = hidden.dtype
     taps = {n: jnp.zeros((b, t, shapes[n][1]), dtype) for n in layers}
 
     def f(taps):
-        hooks = LinearHooks(taps=taps)
+        hooks = LinearHooks(taps=taps, edits=edits)
         loss = edit_loss_fn(params, cfg, batch, hooks, first_layer=first, hidden=hidden)
         return loss, hooks.captured
 

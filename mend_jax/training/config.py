@@ -42,6 +42,9 @@ class TrainConfig:
     lr_lr: float = 1e-5  # step sizes (paper 1e-4, but in effect 1e-6 in the original code)
     edit_lr_init: float = 1e-4  # alpha_0 > 0 with W~ = W - alpha * update: first edits descend
     edit_lr_k_power: bool = False  # step sizes alpha_l * k**p_l for k edits at once, p_l learned (EditorConfig)
+    # editor steps per edit, in training and (by default) whenever the editor is loaded: step s > 1 edits from the
+    # factors at the weights steps 1..s-1 left (editing.edit.iterated_mend_edits; not MEND, which applies it once)
+    edit_steps: int = 1
     c_edit: float = 0.1
     c_loc: float = 1.0
     grad_clip: float = 100.0
@@ -79,6 +82,8 @@ class TrainConfig:
         from mend_jax.errors import MendJaxError
         if self.edit_loss_on not in ("equiv", "both"):
             raise MendJaxError(f"edit_loss_on must be 'equiv' or 'both', not {self.edit_loss_on!r}")
+        if self.edit_steps < 1:
+            raise MendJaxError(f"--edit-steps must be >= 1 (1: MEND's one editor step per edit), not {self.edit_steps}")
         if self.schedule:
             parse_schedule(self.schedule)
         if self.project_out < 0 or (self.project_out and self.projection_inputs < 1):
@@ -103,6 +108,7 @@ class TrainConfig:
         d.setdefault("project_out", 0)
         d.setdefault("projection_inputs", 1024)
         d.setdefault("edit_lr_k_power", False)
+        d.setdefault("edit_steps", 1)
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

@@ -5,6 +5,8 @@ a locality example:
 
 1. factors ``(u, delta)`` of the edit example (first order: no gradient flows through them, as in MEND);
 2. the editor's running statistics absorb the new rows *before* they are used (MEND's order, training only);
+   (``StepHParams.edit_steps`` > 1: further editor steps on the factors at the weights edited so far, their updates
+   added; the same statistics, which only step 1's rows update);
 3. ``L = c_edit * NLL(target | equivalence input, edited model) + c_loc * KL(p_pre || p_post)`` on the locality
    input, averaged over the N problems (``edit_on_prompt``: the edit term is the mean of the NLL on the equivalence
    input and on the edit prompt itself); gradients with respect to the editor nets and step sizes only;
@@ -33,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from mend_jax.editing.batch import TokenBatch
-from mend_jax.editing.edit import compute_edits, edit_rows, gather_real_rows, n_edits
+from mend_jax.editing.edit import compute_edits, edit_rows, gather_real_rows, merge_edits, n_edits
 from mend_jax.editing.editor import Editor, step_sizes
 from mend_jax.editing.factors import capture_factors
 from mend_jax.editing.losses import kl_pre_post, masked_nll, token_accuracy
@@ -58,6 +60,10 @@ class StepHParams:
     update_stats: bool = True
     edit_on_prompt: bool = False  # L_edit = mean of the NLLs on the rephrase and on the edit prompt
     rows: int | None = None  # editor on this many compacted real rows of the whole step (None: every position)
+    # editor steps per edit (``editing.edit.iterated_mend_edits``): step s > 1 takes the edit example's factors at
+    # the weights edited by steps 1..s-1 (first order: those factors are gradient-stopped) and adds its update; the
+    # losses are taken under the sum of all steps' updates. 1: MEND
+    edit_steps: int = 1
 
 
 def make_optimizer(lr: float, lr_lr: float, grad_clip: float, max_consecutive_nonfinite: int = 100):
@@ -165,6 +171,10 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
 
     def loss_fn(ep):
         edits = problem_edits(editor, ep, stats, factors, hp.rows)
+        for _ in range(hp.edit_steps - 1):  # further editor steps from the factors at the weights edited so far
+            _, more = jax.vmap(lambda b, h, e: capture_factors(base_params, cfg, b, layers, hidden=h, edits=e))(
+                batch.edit, h_edit, edits)
+            edits = jax.vmap(merge_edits)(edits, problem_edits(editor, ep, stats, more, hp.rows))
         prompt = (batch.edit, h_edit) if hp.edit_on_prompt else (None, None)  # None: no prompt term
         l_edit, l_loc, m = jax.vmap(
             lambda e, eq, he, lo, hl, pl, ed, hd: edit_problem_losses(
