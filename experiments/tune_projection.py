@@ -7,7 +7,7 @@ directions are measured once, on unrelated inputs of the editor's *training* rec
 
 ``--grid``: ``rank@scale`` pairs separated by ``;`` (rank 0: the editor as trained, with its trained projection if
 it has one), optionally ``rank@scale@steps`` to apply the editor ``steps`` times per edit
-(``mend_jax.editing.edit.iterated_mend_edits``; default 1, MEND).
+(``mend_jax.editing.edit.iterated_mend_edits``; default: as many as the editor was trained with, 1 for MEND).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def main():
     for spec in args.grid.split(";"):
         parts = spec.split("@")
         r, s = int(parts[0]), float(parts[1])
-        steps = int(parts[2]) if len(parts) > 2 else 1
+        steps = int(parts[2]) if len(parts) > 2 else tcfg.edit_steps  # default: as the editor was trained
         if r not in editors:
             editors[r] = project_inputs(editor, editor_projection(args.editor, model, editor, tcfg, r,
                                                                   args.projection_inputs))
