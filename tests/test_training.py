@@ -475,3 +475,38 @@ def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tm
     assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest").edit_steps == 2
     assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest",
                                        edit_steps=1).edit_steps == 1
+
+
+def test_locality_loss_on_the_answer_tokens_only(tiny_lm):
+    """``--loc-loss-on answer``: the locality KL (and ``loc_same``) over each locality input's answer tokens, where
+    evaluation compares the argmax before and after; the edit loss is unchanged, and the step trains."""
+    from mend_jax.editing.edit import apply_edits, compute_edits
+    from mend_jax.editing.losses import kl_pre_post
+    from mend_jax.training.config import TrainConfig
+    editor, records = setup(tiny_lm)
+    cfg, fam = tiny_lm.config, tiny_lm.family
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    batch = training_batch(tiny_lm.tokenizer, records, DataOrder(len(records), 0), 0, 2, SHAPES, 128,
+                           train_loc="own")
+    ts, _ = make_train_step(editor, cfg, tx, donate=False)(ts, tiny_lm.params, batch)
+    ans = make_eval_step(editor, cfg, StepHParams(loc_on_answer=True))(ts["params"], ts["stats"], tiny_lm.params,
+                                                                      batch)
+    every = make_eval_step(editor, cfg)(ts["params"], ts["stats"], tiny_lm.params, batch)
+    np.testing.assert_allclose(ans["loss/edit"], every["loss/edit"], rtol=1e-6)
+    take = lambda tb, i: jax.tree.map(lambda x: x[i], tb)  # noqa: E731
+    for i in range(2):
+        edit, loc = take(batch.edit, i), take(batch.loc, i)
+        _, f = capture_factors(tiny_lm.params, cfg, edit, editor.spec.layers)
+        edited = apply_edits(tiny_lm.params, compute_edits(editor, ts["params"], ts["stats"], f))
+        pre = fam.forward(tiny_lm.params, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
+        post = fam.forward(edited, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
+        np.testing.assert_allclose(ans["loss/loc"][i], kl_pre_post(pre, post, loc.target_mask.astype(np.float32)),
+                                   rtol=2e-3, atol=1e-7)
+    assert not np.allclose(ans["loss/loc"], every["loss/loc"])
+    step = make_train_step(editor, cfg, tx, StepHParams(loc_on_answer=True), donate=False)
+    _, m = step(ts, tiny_lm.params, batch)
+    assert float(m["finite"]) == 1.0
+    from mend_jax.errors import MendJaxError
+    with pytest.raises(MendJaxError, match="loc_loss_on"):
+        TrainConfig(loc_loss_on="question")

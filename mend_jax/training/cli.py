@@ -56,6 +56,10 @@ def register(sub) -> None:
         elif f.name == "edit_loss_on":
             p.add_argument(flag, choices=["equiv", "both"], default=f.default,
                            help="edit loss on the rephrase only (MEND) or on the rephrase and the edit prompt")
+        elif f.name == "loc_loss_on":
+            p.add_argument(flag, choices=["all", "answer"], default=f.default,
+                           help="locality KL over all tokens of each locality input (MEND) or over its answer "
+                                "tokens only (where evaluation compares the argmax before and after)")
         elif f.name == "hidden_cache":
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
                            help="compute the frozen blocks' hidden states once per distinct training input at the "

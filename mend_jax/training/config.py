@@ -38,6 +38,9 @@ class TrainConfig:
     # where the edit loss is taken: on the rephrase only ("equiv", MEND's L_edit) or on the rephrase and the edit
     # prompt itself ("both": the mean of the two NLLs; reliability is measured on the prompt)
     edit_loss_on: str = "equiv"
+    # where the locality KL is taken on each locality input: over "all" its tokens (MEND) or over its "answer" tokens
+    # only, where evaluation compares the argmax before and after the edit
+    loc_loss_on: str = "all"
     lr: float = 1e-5  # editor nets (paper 1e-6)
     lr_lr: float = 1e-5  # step sizes (paper 1e-4, but in effect 1e-6 in the original code)
     edit_lr_init: float = 1e-4  # alpha_0 > 0 with W~ = W - alpha * update: first edits descend
@@ -82,6 +85,8 @@ class TrainConfig:
         from mend_jax.errors import MendJaxError
         if self.edit_loss_on not in ("equiv", "both"):
             raise MendJaxError(f"edit_loss_on must be 'equiv' or 'both', not {self.edit_loss_on!r}")
+        if self.loc_loss_on not in ("all", "answer"):
+            raise MendJaxError(f"loc_loss_on must be 'all' or 'answer', not {self.loc_loss_on!r}")
         if self.edit_steps < 1:
             raise MendJaxError(f"--edit-steps must be >= 1 (1: MEND's one editor step per edit), not {self.edit_steps}")
         if self.schedule:
@@ -109,6 +114,7 @@ class TrainConfig:
         d.setdefault("projection_inputs", 1024)
         d.setdefault("edit_lr_k_power", False)
         d.setdefault("edit_steps", 1)
+        d.setdefault("loc_loss_on", "all")
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

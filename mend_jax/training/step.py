@@ -64,6 +64,9 @@ class StepHParams:
     # the weights edited by steps 1..s-1 (first order: those factors are gradient-stopped) and adds its update; the
     # losses are taken under the sum of all steps' updates. 1: MEND
     edit_steps: int = 1
+    # the locality KL over the locality input's answer tokens only (where evaluation compares argmaxes), not over
+    # all its tokens (MEND)
+    loc_on_answer: bool = False
 
 
 def make_optimizer(lr: float, lr_lr: float, grad_clip: float, max_consecutive_nonfinite: int = 100):
@@ -119,10 +122,12 @@ def problem_edits(editor: Editor, eparams, stats, factors, rows: int | None = No
 
 def edit_problem_losses(editor: Editor, cfg, base_params, edits, equiv: TokenBatch, h_equiv,
                         loc: TokenBatch, h_loc, pre_loc_logits, first_layer: int, edit: TokenBatch | None = None,
-                        h_edit=None):
+                        h_edit=None, loc_on_answer: bool = False):
     """Losses and metrics of one edit problem (no leading N axis) under its ``edits`` (see :func:`problem_edits`).
     With ``edit`` (and its hidden states before ``first_layer``), the edit loss is the mean of the NLLs on the
-    equivalence input and on the edit prompt."""
+    equivalence input and on the edit prompt. ``loc_on_answer``: the locality KL (and ``loc_same``) over the
+    locality input's answer tokens only (``pre_loc_logits`` then taken at ``loc.target_pos``), else over all its
+    tokens."""
     fam = family_for(cfg)
     hooks = LinearHooks(edits=edits)
     post_equiv = fam.forward(base_params, cfg, equiv.input_ids, equiv.attention_mask, hooks=hooks,
@@ -135,11 +140,12 @@ def edit_problem_losses(editor: Editor, cfg, base_params, edits, equiv: TokenBat
         l_edit = 0.5 * (l_edit + masked_nll(post_edit, edit.target_ids, edit.target_mask))
         extra["prompt_acc"] = token_accuracy(post_edit, edit.target_ids, edit.target_mask)[0].mean()
     post_loc = fam.forward(base_params, cfg, loc.input_ids, loc.attention_mask, hooks=LinearHooks(edits=edits),
-                           first_layer=first_layer, hidden=h_loc)
-    l_loc = kl_pre_post(pre_loc_logits, post_loc, loc.attention_mask.astype(jnp.float32))
+                           first_layer=first_layer, hidden=h_loc, logits_at=loc.target_pos if loc_on_answer else None)
+    loc_mask = (loc.target_mask if loc_on_answer else loc.attention_mask).astype(jnp.float32)
+    l_loc = kl_pre_post(pre_loc_logits, post_loc, loc_mask)
     tok_acc, exact = token_accuracy(post_equiv, equiv.target_ids, equiv.target_mask)
     loc_same = (jnp.argmax(post_loc, -1) == jnp.argmax(pre_loc_logits, -1)).astype(jnp.float32)
-    loc_same = (loc_same * loc.attention_mask).sum() / jnp.maximum(loc.attention_mask.sum(), 1)
+    loc_same = (loc_same * loc_mask).sum() / jnp.maximum(loc_mask.sum(), 1)
     return l_edit, l_loc, {"edit_acc": tok_acc.mean(), "edit_exact": exact.mean(), "loc_same": loc_same, **extra}
 
 
@@ -166,6 +172,7 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
     h_equiv = jax.lax.stop_gradient(hidden_of(batch.equiv) if hidden is None else hidden.equiv)
     h_loc = jax.lax.stop_gradient(hidden_of(batch.loc) if hidden is None else hidden.loc)
     pre_loc = jax.vmap(lambda b, h: fam.forward(base_params, cfg, b.input_ids, b.attention_mask, first_layer=first,
+                                                logits_at=b.target_pos if hp.loc_on_answer else None,
                                                 hidden=h))(batch.loc, h_loc)
     pre_loc = jax.lax.stop_gradient(pre_loc)
 
@@ -178,7 +185,8 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
         prompt = (batch.edit, h_edit) if hp.edit_on_prompt else (None, None)  # None: no prompt term
         l_edit, l_loc, m = jax.vmap(
             lambda e, eq, he, lo, hl, pl, ed, hd: edit_problem_losses(
-                editor, cfg, base_params, e, eq, he, lo, hl, pl, first, edit=ed, h_edit=hd)
+                editor, cfg, base_params, e, eq, he, lo, hl, pl, first, edit=ed, h_edit=hd,
+                loc_on_answer=hp.loc_on_answer)
         )(edits, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc, *prompt)
         per = {"loss": hp.c_edit * l_edit + hp.c_loc * l_loc, "loss/edit": l_edit, "loss/loc": l_loc,
                # capture_factors' loss sums the problem's k edits: report the mean per edit, comparable across k
