@@ -411,6 +411,17 @@ def test_the_exponent_of_the_step_sizes_in_k_is_trained_by_batched_problems_only
     assert "edit_lr_k_power" not in p and not editor.k_power
 
 
+def _after_one_step(model):
+    """An editor after one training step (statistics initialised) and a batch of 2 problems with own locality."""
+    editor, records = setup(model)
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    batch = training_batch(model.tokenizer, records, DataOrder(len(records), 0), 0, 2, SHAPES, 128,
+                           train_loc="own")
+    ts, _ = make_train_step(editor, model.config, tx, donate=False)(ts, model.params, batch)
+    return editor, model.config, model.family, tx, ts, batch
+
+
 def test_two_editor_steps_in_training_are_the_iterated_edit_of_evaluation(tiny_lm):
     """``StepHParams.edit_steps=2`` (``mend-jax train --edit-steps 2``): the losses of each problem are those of the
     model edited by ``iterated_mend_edits(steps=2)``, the edit that evaluation and the API apply (the second step
@@ -418,13 +429,7 @@ def test_two_editor_steps_in_training_are_the_iterated_edit_of_evaluation(tiny_l
     import dataclasses
     from mend_jax.editing.edit import apply_edits, iterated_mend_edits
     from mend_jax.editing.losses import kl_pre_post, masked_nll
-    editor, records = setup(tiny_lm)
-    cfg, fam = tiny_lm.config, tiny_lm.family
-    tx = make_optimizer(1e-3, 1e-4, 100.0)
-    ts = init_train_state(editor, tx, jax.random.key(0))
-    batch = training_batch(tiny_lm.tokenizer, records, DataOrder(len(records), 0), 0, 2, SHAPES, 128,
-                           train_loc="own")
-    ts, _ = make_train_step(editor, cfg, tx, donate=False)(ts, tiny_lm.params, batch)  # statistics initialised
+    editor, cfg, fam, tx, ts, batch = _after_one_step(tiny_lm)
     hp = StepHParams(edit_steps=2)
     per = make_eval_step(editor, cfg, hp)(ts["params"], ts["stats"], tiny_lm.params, batch)
     one = make_eval_step(editor, cfg)(ts["params"], ts["stats"], tiny_lm.params, batch)
@@ -483,13 +488,7 @@ def test_locality_loss_on_the_answer_tokens_only(tiny_lm):
     from mend_jax.editing.edit import apply_edits, compute_edits
     from mend_jax.editing.losses import kl_pre_post
     from mend_jax.training.config import TrainConfig
-    editor, records = setup(tiny_lm)
-    cfg, fam = tiny_lm.config, tiny_lm.family
-    tx = make_optimizer(1e-3, 1e-4, 100.0)
-    ts = init_train_state(editor, tx, jax.random.key(0))
-    batch = training_batch(tiny_lm.tokenizer, records, DataOrder(len(records), 0), 0, 2, SHAPES, 128,
-                           train_loc="own")
-    ts, _ = make_train_step(editor, cfg, tx, donate=False)(ts, tiny_lm.params, batch)
+    editor, cfg, fam, tx, ts, batch = _after_one_step(tiny_lm)
     ans = make_eval_step(editor, cfg, StepHParams(loc_on_answer=True))(ts["params"], ts["stats"], tiny_lm.params,
                                                                       batch)
     every = make_eval_step(editor, cfg)(ts["params"], ts["stats"], tiny_lm.params, batch)
