@@ -194,7 +194,8 @@ def cmd_demo(args) -> int:
     editor, params, stats, meta = load_editor(args.out, model, which="latest")
     from mend_jax.data import load_records
     rec = load_records("demo", records="100:101")[0]
-    show_edit(model, editor, params, stats, rec.prompt, rec.target, rec.rephrases[0], rec.loc_prompt, 6)
+    show_edit(model, editor, params, stats, rec.prompt, rec.target, rec.rephrases[0], rec.loc_prompt, 6,
+              edit_steps=cfg.edit_steps)
     return 0
 
 
