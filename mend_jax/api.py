@@ -79,7 +79,8 @@ class EditSession:
         base = load_model(model or meta["config"]["model"], progress=False)
         editor, params, stats, meta = load_editor(editor_dir, base, which)
         if edit_steps is None:  # as the editor was trained (`mend-jax train --edit-steps`)
-            edit_steps = int(meta["config"].get("edit_steps", 1))
+            from mend_jax.training.config import TrainConfig
+            edit_steps = TrainConfig.from_json(meta["config"]).edit_steps
         return cls(base, editor, params, stats, editor_id=f"{Path(editor_dir).resolve()}@{which}:{step}",
                    edit_steps=edit_steps)
 

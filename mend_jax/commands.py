@@ -101,7 +101,8 @@ def _load(args, editor_dir):
     model = load_model(args.model or meta["config"]["model"])
     editor, params, stats, meta = load_editor(editor_dir, model, which=getattr(args, "which", "best"))
     if getattr(args, "edit_steps", 0) is None:  # not given: the editor is applied as it was trained
-        args.edit_steps = int(meta["config"].get("edit_steps", 1))
+        from mend_jax.training.config import TrainConfig
+        args.edit_steps = TrainConfig.from_json(meta["config"]).edit_steps
     return model, editor, params, stats, meta
 
 
