@@ -509,3 +509,49 @@ def test_locality_loss_on_the_answer_tokens_only(tiny_lm):
     from mend_jax.errors import MendJaxError
     with pytest.raises(MendJaxError, match="loc_loss_on"):
         TrainConfig(loc_loss_on="question")
+
+
+def test_argmax_margin_hinge_counts_flips_and_spares_kept_margins():
+    """The hinge is zero without an edit and while each position keeps half its margin, and grows with the logit
+    distance by which a near-tie is flipped, where the KL of that flip is tiny."""
+    import jax.numpy as jnp
+    from mend_jax.editing.losses import argmax_margin_hinge, kl_pre_post
+    pre = jnp.array([[[2.00, 1.99, -1.0], [5.0, 1.0, 0.0]]])  # a near-tie (margin 0.01) and a clear answer (4)
+    mask = jnp.ones((1, 2))
+    assert float(argmax_margin_hinge(pre, pre, mask)) == 0.0
+    kept = pre + jnp.array([0.0, 0.0, 0.0, -1.9, 0.0, 0.0]).reshape(1, 2, 3)  # the clear one keeps 2.1 of 4
+    assert float(argmax_margin_hinge(pre, kept, mask)) == 0.0
+    flipped = pre + jnp.array([0.0, 0.05, 0.0, 0.0, 0.0, 0.0]).reshape(1, 2, 3)  # near-tie flipped by 0.04
+    np.testing.assert_allclose(argmax_margin_hinge(pre, flipped, mask), (0.005 + 0.04) / 2, rtol=1e-4)
+    assert float(kl_pre_post(pre, flipped, mask)) < 1e-3
+    g = jax.grad(lambda p: argmax_margin_hinge(pre, p, mask))(flipped)
+    assert float(g[0, 0, 0]) < 0 < float(g[0, 0, 1])  # raise the old argmax, lower the new one
+
+
+def test_flip_loss_in_training_is_the_hinge_of_the_materialised_edit(tiny_lm):
+    """``--c-flip``: each problem's ``loss/flip`` is the argmax-margin hinge of the materialised edit on its
+    locality answer, the loss adds ``c_flip`` times it, and the step trains."""
+    from mend_jax.editing.edit import apply_edits, compute_edits
+    from mend_jax.editing.losses import argmax_margin_hinge
+    from mend_jax.errors import MendJaxError
+    from mend_jax.training.config import TrainConfig
+    editor, cfg, fam, tx, ts, batch = _after_one_step(tiny_lm)
+    hp = StepHParams(loc_on_answer=True, c_flip=3.0)
+    flip = make_eval_step(editor, cfg, hp)(ts["params"], ts["stats"], tiny_lm.params, batch)
+    plain = make_eval_step(editor, cfg, StepHParams(loc_on_answer=True))(ts["params"], ts["stats"], tiny_lm.params,
+                                                                         batch)
+    np.testing.assert_allclose(flip["loss"], plain["loss"] + 3.0 * flip["loss/flip"], rtol=1e-5, atol=1e-7)
+    take = lambda tb, i: jax.tree.map(lambda x: x[i], tb)  # noqa: E731
+    for i in range(2):
+        edit, loc = take(batch.edit, i), take(batch.loc, i)
+        _, f = capture_factors(tiny_lm.params, cfg, edit, editor.spec.layers)
+        edited = apply_edits(tiny_lm.params, compute_edits(editor, ts["params"], ts["stats"], f))
+        pre = fam.forward(tiny_lm.params, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
+        post = fam.forward(edited, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
+        np.testing.assert_allclose(flip["loss/flip"][i],
+                                   argmax_margin_hinge(pre, post, loc.target_mask.astype(np.float32)),
+                                   rtol=2e-3, atol=1e-6)
+    _, m = make_train_step(editor, cfg, tx, hp, donate=False)(ts, tiny_lm.params, batch)
+    assert float(m["finite"]) == 1.0 and "loss/flip" in m
+    with pytest.raises(MendJaxError, match="c-flip"):
+        TrainConfig(c_flip=-1.0)

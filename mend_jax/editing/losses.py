@@ -25,6 +25,23 @@ def kl_pre_post(pre_logits, post_logits, mask) -> jax.Array:
     return (kl * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
+def argmax_margin_hinge(pre_logits, post_logits, mask, keep: float = 0.5) -> jax.Array:
+    """Masked mean over positions of ``relu(keep * m_pre - m_post)``: ``m_pre`` is the pre-edit top-1 minus top-2
+    logit, ``m_post`` the post-edit logit of the pre-edit argmax minus the largest other post-edit logit. Zero while
+    every position keeps at least ``keep`` of its margin; above that it grows linearly (in logits) as the edit moves
+    the argmax towards another token and past it. Where evaluation counts changed argmaxes this sees what a KL does
+    not: a near-tie (margin 0.01) flips for a tiny KL. ``pre_logits`` carry no gradient."""
+    pre = jax.lax.stop_gradient(pre_logits.astype(jnp.float32))
+    post = post_logits.astype(jnp.float32)
+    top2 = jax.lax.top_k(pre, 2)[0]
+    m_pre = top2[..., 0] - top2[..., 1]
+    a = jnp.argmax(pre, -1)
+    z_a = jnp.take_along_axis(post, a[..., None], -1)[..., 0]
+    others = jnp.where(jax.nn.one_hot(a, post.shape[-1], dtype=bool), -jnp.inf, post).max(-1)
+    hinge = jax.nn.relu(keep * m_pre - (z_a - others))
+    return (hinge * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
 def token_accuracy(logits_at_targets, target_ids, target_mask):
     """Per example: fraction of target tokens that are the argmax (EasyEdit's token-level accuracy) and
     whether all of them are (exact match). Returns ``(token_acc [B], exact [B])``."""

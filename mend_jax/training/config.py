@@ -41,6 +41,10 @@ class TrainConfig:
     # where the locality KL is taken on each locality input: over "all" its tokens (MEND) or over its "answer" tokens
     # only, where evaluation compares the argmax before and after the edit
     loc_loss_on: str = "all"
+    # > 0: add c_flip * the argmax-margin hinge over the same locality positions (editing.losses.argmax_margin_hinge:
+    # an edit may take at most half of the pre-edit argmax's margin over the runner-up without cost; the KL hardly
+    # sees near-ties flipping, which whole-answer locality counts); 0: MEND's loss
+    c_flip: float = 0.0
     lr: float = 1e-5  # editor nets (paper 1e-6)
     lr_lr: float = 1e-5  # step sizes (paper 1e-4, but in effect 1e-6 in the original code)
     edit_lr_init: float = 1e-4  # alpha_0 > 0 with W~ = W - alpha * update: first edits descend
@@ -87,6 +91,8 @@ class TrainConfig:
             raise MendJaxError(f"edit_loss_on must be 'equiv' or 'both', not {self.edit_loss_on!r}")
         if self.loc_loss_on not in ("all", "answer"):
             raise MendJaxError(f"loc_loss_on must be 'all' or 'answer', not {self.loc_loss_on!r}")
+        if self.c_flip < 0:
+            raise MendJaxError(f"--c-flip must be >= 0 (0: off), not {self.c_flip}")
         if self.edit_steps < 1:
             raise MendJaxError(f"--edit-steps must be >= 1 (1: MEND's one editor step per edit), not {self.edit_steps}")
         if self.schedule:
@@ -115,6 +121,7 @@ class TrainConfig:
         d.setdefault("edit_lr_k_power", False)
         d.setdefault("edit_steps", 1)
         d.setdefault("loc_loss_on", "all")
+        d.setdefault("c_flip", 0.0)
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

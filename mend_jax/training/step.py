@@ -9,7 +9,9 @@ a locality example:
    added; the same statistics, which only step 1's rows update);
 3. ``L = c_edit * NLL(target | equivalence input, edited model) + c_loc * KL(p_pre || p_post)`` on the locality
    input, averaged over the N problems (``edit_on_prompt``: the edit term is the mean of the NLL on the equivalence
-   input and on the edit prompt itself); gradients with respect to the editor nets and step sizes only;
+   input and on the edit prompt itself; ``loc_on_answer``: the KL over the locality answer's tokens only; ``c_flip``:
+   plus ``c_flip`` times the argmax-margin hinge on the same positions); gradients with respect to the editor nets
+   and step sizes only;
 4. optax update (global-norm clipping, Adam with separate learning rates for nets and step sizes, skipped when
    non-finite).
 
@@ -38,7 +40,7 @@ from mend_jax.editing.batch import TokenBatch
 from mend_jax.editing.edit import compute_edits, edit_rows, gather_real_rows, merge_edits, n_edits
 from mend_jax.editing.editor import Editor, step_sizes
 from mend_jax.editing.factors import capture_factors
-from mend_jax.editing.losses import kl_pre_post, masked_nll, token_accuracy
+from mend_jax.editing.losses import argmax_margin_hinge, kl_pre_post, masked_nll, token_accuracy
 from mend_jax.models import LinearHooks, LowRankEdit, family_for, layer_index
 
 
@@ -67,6 +69,10 @@ class StepHParams:
     # the locality KL over the locality input's answer tokens only (where evaluation compares argmaxes), not over
     # all its tokens (MEND)
     loc_on_answer: bool = False
+    # weight of the argmax-margin hinge on the same locality positions (``editing.losses.argmax_margin_hinge``:
+    # penalises an edit that takes more than half the margin of the pre-edit argmax, i.e. that flips near-ties,
+    # which the KL hardly sees); 0: off (MEND)
+    c_flip: float = 0.0
 
 
 def make_optimizer(lr: float, lr_lr: float, grad_clip: float, max_consecutive_nonfinite: int = 100):
@@ -122,12 +128,12 @@ def problem_edits(editor: Editor, eparams, stats, factors, rows: int | None = No
 
 def edit_problem_losses(editor: Editor, cfg, base_params, edits, equiv: TokenBatch, h_equiv,
                         loc: TokenBatch, h_loc, pre_loc_logits, first_layer: int, edit: TokenBatch | None = None,
-                        h_edit=None, loc_on_answer: bool = False):
+                        h_edit=None, loc_on_answer: bool = False, flip: bool = False):
     """Losses and metrics of one edit problem (no leading N axis) under its ``edits`` (see :func:`problem_edits`).
     With ``edit`` (and its hidden states before ``first_layer``), the edit loss is the mean of the NLLs on the
     equivalence input and on the edit prompt. ``loc_on_answer``: the locality KL (and ``loc_same``) over the
     locality input's answer tokens only (``pre_loc_logits`` then taken at ``loc.target_pos``), else over all its
-    tokens."""
+    tokens. ``flip``: also the argmax-margin hinge over the same positions (metric ``loss/flip``)."""
     fam = family_for(cfg)
     hooks = LinearHooks(edits=edits)
     post_equiv = fam.forward(base_params, cfg, equiv.input_ids, equiv.attention_mask, hooks=hooks,
@@ -143,6 +149,8 @@ def edit_problem_losses(editor: Editor, cfg, base_params, edits, equiv: TokenBat
                            first_layer=first_layer, hidden=h_loc, logits_at=loc.target_pos if loc_on_answer else None)
     loc_mask = (loc.target_mask if loc_on_answer else loc.attention_mask).astype(jnp.float32)
     l_loc = kl_pre_post(pre_loc_logits, post_loc, loc_mask)
+    if flip:
+        extra["loss/flip"] = argmax_margin_hinge(pre_loc_logits, post_loc, loc_mask)
     tok_acc, exact = token_accuracy(post_equiv, equiv.target_ids, equiv.target_mask)
     loc_same = (jnp.argmax(post_loc, -1) == jnp.argmax(pre_loc_logits, -1)).astype(jnp.float32)
     loc_same = (loc_same * loc_mask).sum() / jnp.maximum(loc_mask.sum(), 1)
@@ -186,9 +194,10 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
         l_edit, l_loc, m = jax.vmap(
             lambda e, eq, he, lo, hl, pl, ed, hd: edit_problem_losses(
                 editor, cfg, base_params, e, eq, he, lo, hl, pl, first, edit=ed, h_edit=hd,
-                loc_on_answer=hp.loc_on_answer)
+                loc_on_answer=hp.loc_on_answer, flip=hp.c_flip > 0)
         )(edits, batch.equiv, h_equiv, batch.loc, h_loc, pre_loc, *prompt)
-        per = {"loss": hp.c_edit * l_edit + hp.c_loc * l_loc, "loss/edit": l_edit, "loss/loc": l_loc,
+        loss = hp.c_edit * l_edit + hp.c_loc * l_loc + (hp.c_flip * m["loss/flip"] if hp.c_flip > 0 else 0.0)
+        per = {"loss": loss, "loss/edit": l_edit, "loss/loc": l_loc,
                # capture_factors' loss sums the problem's k edits: report the mean per edit, comparable across k
                "loss/pre_edit": pre_loss / batch.edit.input_ids.shape[1], **m}
         metrics = {k: v.mean() for k, v in per.items()}
