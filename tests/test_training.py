@@ -482,10 +482,25 @@ def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tm
                                        edit_steps=1).edit_steps == 1
 
 
+def _loc_answer_logits_of_materialised_edits(tiny_lm, editor, ts, batch):
+    """Per problem of ``batch``: the logits at its locality answer before and after its edit, materialised into new
+    weights (one editor step), and the answer mask: the reference for the step's locality losses."""
+    from mend_jax.editing.edit import apply_edits, compute_edits
+    cfg, fam = tiny_lm.config, tiny_lm.family
+    out = []
+    for i in range(batch.edit.input_ids.shape[0]):
+        edit, loc = (jax.tree.map(lambda x: x[i], tb) for tb in (batch.edit, batch.loc))
+        _, f = capture_factors(tiny_lm.params, cfg, edit, editor.spec.layers)
+        edited = apply_edits(tiny_lm.params, compute_edits(editor, ts["params"], ts["stats"], f))
+        pre = fam.forward(tiny_lm.params, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
+        post = fam.forward(edited, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
+        out.append((pre, post, loc.target_mask.astype(np.float32)))
+    return out
+
+
 def test_locality_loss_on_the_answer_tokens_only(tiny_lm):
     """``--loc-loss-on answer``: the locality KL (and ``loc_same``) over each locality input's answer tokens, where
     evaluation compares the argmax before and after; the edit loss is unchanged, and the step trains."""
-    from mend_jax.editing.edit import apply_edits, compute_edits
     from mend_jax.editing.losses import kl_pre_post
     from mend_jax.training.config import TrainConfig
     editor, cfg, fam, tx, ts, batch = _after_one_step(tiny_lm)
@@ -493,15 +508,8 @@ def test_locality_loss_on_the_answer_tokens_only(tiny_lm):
                                                                       batch)
     every = make_eval_step(editor, cfg)(ts["params"], ts["stats"], tiny_lm.params, batch)
     np.testing.assert_allclose(ans["loss/edit"], every["loss/edit"], rtol=1e-6)
-    take = lambda tb, i: jax.tree.map(lambda x: x[i], tb)  # noqa: E731
-    for i in range(2):
-        edit, loc = take(batch.edit, i), take(batch.loc, i)
-        _, f = capture_factors(tiny_lm.params, cfg, edit, editor.spec.layers)
-        edited = apply_edits(tiny_lm.params, compute_edits(editor, ts["params"], ts["stats"], f))
-        pre = fam.forward(tiny_lm.params, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
-        post = fam.forward(edited, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
-        np.testing.assert_allclose(ans["loss/loc"][i], kl_pre_post(pre, post, loc.target_mask.astype(np.float32)),
-                                   rtol=2e-3, atol=1e-7)
+    for i, (pre, post, mask) in enumerate(_loc_answer_logits_of_materialised_edits(tiny_lm, editor, ts, batch)):
+        np.testing.assert_allclose(ans["loss/loc"][i], kl_pre_post(pre, post, mask), rtol=2e-3, atol=1e-7)
     assert not np.allclose(ans["loss/loc"], every["loss/loc"])
     step = make_train_step(editor, cfg, tx, StepHParams(loc_on_answer=True), donate=False)
     _, m = step(ts, tiny_lm.params, batch)
@@ -531,7 +539,6 @@ def test_argmax_margin_hinge_counts_flips_and_spares_kept_margins():
 def test_flip_loss_in_training_is_the_hinge_of_the_materialised_edit(tiny_lm):
     """``--c-flip``: each problem's ``loss/flip`` is the argmax-margin hinge of the materialised edit on its
     locality answer, the loss adds ``c_flip`` times it, and the step trains."""
-    from mend_jax.editing.edit import apply_edits, compute_edits
     from mend_jax.editing.losses import argmax_margin_hinge
     from mend_jax.errors import MendJaxError
     from mend_jax.training.config import TrainConfig
@@ -541,16 +548,8 @@ def test_flip_loss_in_training_is_the_hinge_of_the_materialised_edit(tiny_lm):
     plain = make_eval_step(editor, cfg, StepHParams(loc_on_answer=True))(ts["params"], ts["stats"], tiny_lm.params,
                                                                          batch)
     np.testing.assert_allclose(flip["loss"], plain["loss"] + 3.0 * flip["loss/flip"], rtol=1e-5, atol=1e-7)
-    take = lambda tb, i: jax.tree.map(lambda x: x[i], tb)  # noqa: E731
-    for i in range(2):
-        edit, loc = take(batch.edit, i), take(batch.loc, i)
-        _, f = capture_factors(tiny_lm.params, cfg, edit, editor.spec.layers)
-        edited = apply_edits(tiny_lm.params, compute_edits(editor, ts["params"], ts["stats"], f))
-        pre = fam.forward(tiny_lm.params, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
-        post = fam.forward(edited, cfg, loc.input_ids, loc.attention_mask, logits_at=loc.target_pos)
-        np.testing.assert_allclose(flip["loss/flip"][i],
-                                   argmax_margin_hinge(pre, post, loc.target_mask.astype(np.float32)),
-                                   rtol=2e-3, atol=1e-6)
+    for i, (pre, post, mask) in enumerate(_loc_answer_logits_of_materialised_edits(tiny_lm, editor, ts, batch)):
+        np.testing.assert_allclose(flip["loss/flip"][i], argmax_margin_hinge(pre, post, mask), rtol=2e-3, atol=1e-6)
     _, m = make_train_step(editor, cfg, tx, hp, donate=False)(ts, tiny_lm.params, batch)
     assert float(m["finite"]) == 1.0 and "loss/flip" in m
     with pytest.raises(MendJaxError, match="c-flip"):
