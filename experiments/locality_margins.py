@@ -17,10 +17,12 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mend_jax.data import load_records
 from mend_jax.editing.batch import encode_examples
+from mend_jax.editing.losses import argmax_margin
 from mend_jax.weights import load_model
 
 BUCKETS = ((0.0, 0.01), (0.01, 0.03), (0.03, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 1.0), (1.0, float("inf")))
@@ -33,8 +35,7 @@ def min_answer_margins(model, records) -> np.ndarray:
     @jax.jit
     def margins(params, ids, mask, pos):
         logits = fam.forward(params, cfg, ids, mask, logits_at=pos)
-        top2 = jax.lax.top_k(logits, 2)[0]
-        return top2[..., 0] - top2[..., 1]
+        return argmax_margin(logits, jnp.argmax(logits, -1))
 
     out = []
     for r in records:
@@ -51,8 +52,9 @@ def main(paths: list[str]) -> None:
     idx = first["per_record"]["index"]
     recs = list(load_records(first["data"], first["file"]))
     cache = Path(paths[0]).with_suffix(".loc_margins.json")  # the margins depend on the model and records only
-    if cache.exists() and json.loads(cache.read_text())["index"] == idx:
-        margin = np.array(json.loads(cache.read_text())["min_margin"])
+    saved = json.loads(cache.read_text()) if cache.exists() else {}
+    if saved.get("index") == idx:
+        margin = np.array(saved["min_margin"])
     else:
         margin = min_answer_margins(load_model(first["model"], progress=False), [recs[i] for i in idx])
         cache.write_text(json.dumps({"model": first["model"], "file": first["file"], "index": idx,

@@ -73,14 +73,13 @@ class EditSession:
     @classmethod
     def from_pretrained(cls, editor_dir: str, model: str | None = None, which: str = "best",
                         edit_steps: int | None = None) -> "EditSession":
-        from mend_jax.checkpoints import checkpoints_dir, load_editor, read_meta
+        from mend_jax.checkpoints import checkpoints_dir, load_editor, read_meta, trained_edit_steps
         from mend_jax.weights import load_model
         step, meta = read_meta(checkpoints_dir(editor_dir), which)
         base = load_model(model or meta["config"]["model"], progress=False)
         editor, params, stats, meta = load_editor(editor_dir, base, which)
         if edit_steps is None:  # as the editor was trained (`mend-jax train --edit-steps`)
-            from mend_jax.training.config import TrainConfig
-            edit_steps = TrainConfig.from_json(meta["config"]).edit_steps
+            edit_steps = trained_edit_steps(meta)
         return cls(base, editor, params, stats, editor_id=f"{Path(editor_dir).resolve()}@{which}:{step}",
                    edit_steps=edit_steps)
 

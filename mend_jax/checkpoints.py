@@ -226,3 +226,10 @@ def load_editor(directory: str | Path, model, which: str = "best"):
     from mend_jax.editing.projection import trained_projection
     editor = trained_projection(editor_folder(directory), editor, tcfg)
     return editor, ts["params"], ts["stats"], meta
+
+
+def trained_edit_steps(meta: Mapping) -> int:
+    """The editor steps per edit an editor was trained with (``mend-jax train --edit-steps``; 1 for runs saved
+    before the option), from :func:`load_editor`'s ``meta``: the default of every command that applies it."""
+    from mend_jax.training.config import TrainConfig
+    return TrainConfig.from_json(meta["config"]).edit_steps

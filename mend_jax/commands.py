@@ -95,14 +95,13 @@ def _transform_args(p) -> None:
 
 
 def _load(args, editor_dir):
-    from mend_jax.checkpoints import checkpoints_dir, load_editor, read_meta
+    from mend_jax.checkpoints import checkpoints_dir, load_editor, read_meta, trained_edit_steps
     from mend_jax.weights import load_model
     _, meta = read_meta(checkpoints_dir(editor_dir), getattr(args, "which", "best"))
     model = load_model(args.model or meta["config"]["model"])
     editor, params, stats, meta = load_editor(editor_dir, model, which=getattr(args, "which", "best"))
     if getattr(args, "edit_steps", 0) is None:  # not given: the editor is applied as it was trained
-        from mend_jax.training.config import TrainConfig
-        args.edit_steps = TrainConfig.from_json(meta["config"]).edit_steps
+        args.edit_steps = trained_edit_steps(meta)
     return model, editor, params, stats, meta
 
 

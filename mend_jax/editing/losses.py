@@ -25,20 +25,24 @@ def kl_pre_post(pre_logits, post_logits, mask) -> jax.Array:
     return (kl * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
+def argmax_margin(logits: jax.Array, ids: jax.Array) -> jax.Array:
+    """Per position, the logit of token ``ids`` minus the largest logit of any other token (> 0: ``ids`` is the
+    argmax; at ``ids = argmax`` it is the top-1 minus top-2 logit)."""
+    z = jnp.take_along_axis(logits, ids[..., None], -1)[..., 0]
+    others = jnp.where(jax.nn.one_hot(ids, logits.shape[-1], dtype=bool), -jnp.inf, logits).max(-1)
+    return z - others
+
+
 def argmax_margin_hinge(pre_logits, post_logits, mask, keep: float = 0.5) -> jax.Array:
     """Masked mean over positions of ``relu(keep * m_pre - m_post)``: ``m_pre`` is the pre-edit top-1 minus top-2
-    logit, ``m_post`` the post-edit logit of the pre-edit argmax minus the largest other post-edit logit. Zero while
-    every position keeps at least ``keep`` of its margin; above that it grows linearly (in logits) as the edit moves
-    the argmax towards another token and past it. Where evaluation counts changed argmaxes this sees what a KL does
-    not: a near-tie (margin 0.01) flips for a tiny KL. ``pre_logits`` carry no gradient."""
+    logit, ``m_post`` the post-edit logit of the pre-edit argmax minus the largest other post-edit logit
+    (:func:`argmax_margin`). Zero while every position keeps at least ``keep`` of its margin; above that it grows
+    linearly (in logits) as the edit moves the argmax towards another token and past it. Where evaluation counts
+    changed argmaxes this sees what a KL does not: a near-tie (margin 0.01) flips for a tiny KL. ``pre_logits``
+    carry no gradient."""
     pre = jax.lax.stop_gradient(pre_logits.astype(jnp.float32))
-    post = post_logits.astype(jnp.float32)
-    top2 = jax.lax.top_k(pre, 2)[0]
-    m_pre = top2[..., 0] - top2[..., 1]
     a = jnp.argmax(pre, -1)
-    z_a = jnp.take_along_axis(post, a[..., None], -1)[..., 0]
-    others = jnp.where(jax.nn.one_hot(a, post.shape[-1], dtype=bool), -jnp.inf, post).max(-1)
-    hinge = jax.nn.relu(keep * m_pre - (z_a - others))
+    hinge = jax.nn.relu(keep * argmax_margin(pre, a) - argmax_margin(post_logits.astype(jnp.float32), a))
     return (hinge * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
