@@ -482,6 +482,36 @@ def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tm
                                        edit_steps=1).edit_steps == 1
 
 
+def test_warm_start_takes_the_chosen_checkpoint_of_the_source_run(tiny_lm, tmp_path):
+    """``--init-from RUN --init-which latest|best``: a new run starts from that checkpoint's editor (parameters and
+    statistics), step 0 and a fresh optimizer. The source run has best = step 2 (its last validation) and latest =
+    step 3 (a time-limit stop); a warm-started run with learning rates 0 ends with the chosen checkpoint's
+    parameters."""
+    import dataclasses
+
+    from mend_jax.checkpoints import checkpoints_dir, load_editor, read_meta
+    from mend_jax.errors import MendJaxError
+    from mend_jax.training.config import TrainConfig
+    from mend_jax.training.loop import train
+    src = tmp_path / "src"
+    cfg = dataclasses.replace(_tiny_cfg(src, 2), model=str(tiny_lm.folder))
+    train(cfg, model=tiny_lm, progress=False)
+    train(dataclasses.replace(cfg, steps=5, max_minutes=1e-9), model=tiny_lm, progress=False)
+    assert [read_meta(checkpoints_dir(src), w)[0] for w in ("best", "latest")] == [2, 3]
+    ckpt = {w: load_editor(src, tiny_lm, w)[1] for w in ("best", "latest")}
+    assert not all(np.allclose(a, b) for a, b in zip(*(jax.tree.leaves(ckpt[w]) for w in ("best", "latest"))))
+    for which in ("latest", "best"):
+        out = tmp_path / which
+        warm = dataclasses.replace(_tiny_cfg(out, 1), model=str(tiny_lm.folder), lr=0.0, lr_lr=0.0,
+                                   init_from=str(src), init_which=which)
+        summary = train(warm, model=tiny_lm, progress=False)
+        assert summary["steps"] == 1  # step 0 + one step: the optimizer and step count start afresh
+        got = load_editor(out, tiny_lm, "latest")[1]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got, ckpt[which])
+    with pytest.raises(MendJaxError, match="--init-which"):
+        TrainConfig(init_which="last")
+
+
 def _loc_answer_logits_of_materialised_edits(tiny_lm, editor, ts, batch):
     """Per problem of ``batch``: the logits at its locality answer before and after its edit, materialised into new
     weights (one editor step), and the answer mask: the reference for the step's locality losses."""

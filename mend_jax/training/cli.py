@@ -71,7 +71,10 @@ def register(sub) -> None:
                                 "alpha * k**p (p = 0 at start; trained by the k > 1 problems of --schedule)")
         elif f.name == "init_from":
             p.add_argument(flag, default=None, help="warm start: the editor (not the optimizer state) of another "
-                                                   "run's best checkpoint, e.g. its --out folder")
+                                                   "run's checkpoint (--init-which), e.g. its --out folder")
+        elif f.name == "init_which":
+            p.add_argument(flag, choices=["best", "latest"], default=f.default,
+                           help="which checkpoint of --init-from: best by dev loss, or the last one")
         else:
             p.add_argument(flag, type=type(f.default), default=f.default)
     p.set_defaults(func=run)

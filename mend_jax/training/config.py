@@ -74,9 +74,10 @@ class TrainConfig:
     # run the frozen blocks below the edited ones once per distinct training input at the start, instead of in
     # every step (training.frozen_cache; one device only; costs real tokens x hidden size x 4 bytes of memory)
     hidden_cache: bool = False
-    # warm start: editor parameters and statistics (not the optimizer state) of another run's best checkpoint;
-    # only read when --out holds no checkpoint yet
+    # warm start: editor parameters and statistics (not the optimizer state) of another run's checkpoint
+    # (``init_which``: its "best" by dev loss or its "latest"); only read when --out holds no checkpoint yet
     init_from: str | None = None
+    init_which: str = "best"
     # R > 0: train (and later edit) with the editor's pseudo-inputs projected off the top-R directions of unrelated
     # inputs of the training records (editing/projection.py; not MEND): the directions are measured once at the start
     # on ``projection_inputs`` of them and saved beside the checkpoints (projection_bases.npz), so every command that
@@ -91,6 +92,8 @@ class TrainConfig:
             raise MendJaxError(f"edit_loss_on must be 'equiv' or 'both', not {self.edit_loss_on!r}")
         if self.loc_loss_on not in ("all", "answer"):
             raise MendJaxError(f"loc_loss_on must be 'all' or 'answer', not {self.loc_loss_on!r}")
+        if self.init_which not in ("best", "latest"):
+            raise MendJaxError(f"--init-which must be 'best' or 'latest', not {self.init_which!r}")
         if self.c_flip < 0:
             raise MendJaxError(f"--c-flip must be >= 0 (0: off), not {self.c_flip}")
         if self.edit_steps < 1:
@@ -110,6 +113,7 @@ class TrainConfig:
         d = dict(d)
         d.setdefault("train_loc", "other")  # runs saved before the option existed trained this way
         d.setdefault("init_from", None)
+        d.setdefault("init_which", "best")
         d.setdefault("mesh", None)
         d.setdefault("edits_per_problem", 1)
         d.setdefault("base_dtype", "float32")

@@ -159,11 +159,12 @@ def validate(eval_step, ts, base_params, val_batches, prefix: str = "val") -> di
     return {f"{prefix}/{k}": v / total for k, v in sums.items()}
 
 
-def warm_start(ts: dict, source: str, model, editor) -> dict:
-    """Editor parameters and normalisation statistics from another run's best checkpoint; a fresh optimizer
-    state and step 0. The source must edit the same layers of the same base model with the same editor."""
+def warm_start(ts: dict, source: str, model, editor, which: str = "best") -> dict:
+    """Editor parameters and normalisation statistics from another run's ``which`` ("best" or "latest")
+    checkpoint; a fresh optimizer state and step 0. The source must edit the same layers of the same base model with
+    the same editor."""
     from mend_jax.checkpoints import load_editor
-    src_editor, params, stats, meta = load_editor(source, model)
+    src_editor, params, stats, meta = load_editor(source, model, which)
     if tuple(src_editor.spec.layers) != tuple(editor.spec.layers):
         raise CheckpointError(f"--init-from {source} edits {list(src_editor.spec.layers)}, this run edits "
                               f"{list(editor.spec.layers)}")
@@ -173,7 +174,7 @@ def warm_start(ts: dict, source: str, model, editor) -> dict:
         raise CheckpointError(f"--init-from {source} holds an editor of another shape (rank/n_hidden/sharing); "
                               f"use the same editor options as that run")
     if jax.process_index() == 0:
-        print(f"warm start from {source} (its step {meta.get('step')})")
+        print(f"warm start from {source} (its {which} checkpoint, step {meta.get('step')})")
     return {**ts, "params": params, "stats": stats}
 
 
@@ -274,7 +275,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
             _truncate_log(log_path, int(ts["step"]))
         placement.log(f"resumed from step {int(ts['step'])} in {out}")
     elif cfg.init_from:
-        ts = placement.train_state(warm_start(ts, cfg.init_from, model, editor), editor, model.config, tx)
+        ts = placement.train_state(warm_start(ts, cfg.init_from, model, editor, cfg.init_which), editor, model.config, tx)
     start = int(ts["step"])
 
     def meta_dict(step, val=None):
