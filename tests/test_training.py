@@ -486,7 +486,7 @@ def test_warm_start_takes_the_chosen_checkpoint_of_the_source_run(tiny_lm, tmp_p
     """``--init-from RUN --init-which latest|best``: a new run starts from that checkpoint's editor (parameters and
     statistics), step 0 and a fresh optimizer. The source run has best = step 2 (its last validation) and latest =
     step 3 (a time-limit stop); a warm-started run with learning rates 0 ends with the chosen checkpoint's
-    parameters."""
+    parameters (its statistics go on updating in the step, so they are not compared)."""
     import dataclasses
 
     from mend_jax.checkpoints import checkpoints_dir, load_editor, read_meta

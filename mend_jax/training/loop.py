@@ -275,7 +275,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
             _truncate_log(log_path, int(ts["step"]))
         placement.log(f"resumed from step {int(ts['step'])} in {out}")
     elif cfg.init_from:
-        ts = placement.train_state(warm_start(ts, cfg.init_from, model, editor, cfg.init_which), editor, model.config, tx)
+        ts = warm_start(ts, cfg.init_from, model, editor, cfg.init_which)
+        ts = placement.train_state(ts, editor, model.config, tx)
     start = int(ts["step"])
 
     def meta_dict(step, val=None):
