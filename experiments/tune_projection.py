@@ -7,7 +7,8 @@ directions are measured once, on unrelated inputs of the editor's *training* rec
 
 ``--grid``: ``rank@scale`` pairs separated by ``;`` (rank 0: the editor as trained, with its trained projection if
 it has one), optionally ``rank@scale@steps`` to apply the editor ``steps`` times per edit
-(``mend_jax.editing.edit.iterated_mend_edits``; default: as many as the editor was trained with, 1 for MEND).
+(``mend_jax.editing.edit.iterated_mend_edits``; default: as many as the editor was trained with, 1 for MEND), and
+``rank@scale@steps@whiten`` to also whiten the pseudo-inputs at that strength (``whitening_maps``; 0: off).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 
 from mend_jax.checkpoints import load_editor
 from mend_jax.data import load_records
-from mend_jax.editing.projection import editor_projection, project_inputs, scaled_step_sizes
+from mend_jax.editing.projection import scaled_step_sizes, transformed_editor
 from mend_jax.evaluation import evaluate
 from mend_jax.training.config import TrainConfig
 from mend_jax.weights import load_model
@@ -43,23 +44,24 @@ def main():
     tcfg = TrainConfig.from_json(meta["config"])
     dev = list(load_records(args.data, DEV[args.data], records=args.records))
     results = []
-    editors = {0: editor}  # one projected editor per rank (the directions are measured once, then cached)
+    editors = {}  # one transformed editor per (rank, whitening) (the moments are measured once, then cached)
     for spec in args.grid.split(";"):
         parts = spec.split("@")
         r, s = int(parts[0]), float(parts[1])
         steps = int(parts[2]) if len(parts) > 2 else tcfg.edit_steps  # default: as the editor was trained
-        if r not in editors:
-            editors[r] = project_inputs(editor, editor_projection(args.editor, model, editor, tcfg, r,
-                                                                  args.projection_inputs))
-        ed = editors[r]
+        w = float(parts[3]) if len(parts) > 3 else 0.0
+        if (r, w) not in editors:
+            editors[r, w] = transformed_editor(args.editor, model, editor, tcfg, project_out=r, whiten=w,
+                                               n_inputs=args.projection_inputs)
+        ed = editors[r, w]
         t0 = time.time()
         res = evaluate(model, dev, editor=ed, eparams=scaled_step_sizes(params, s), stats=stats, progress=False,
                        edits_at_once=args.edits_at_once, edit_steps=steps)
-        row = {"rank": r, "scale": s, "edit_steps": steps, **{k: res["mend"][k] for k in (
+        row = {"rank": r, "scale": s, "edit_steps": steps, "whiten": w, **{k: res["mend"][k] for k in (
             "reliability_token", "reliability_exact", "generalization_token", "generalization_exact",
             "locality_token", "locality_whole")}}
         results.append(row)
-        print(f"rank {r:4d} scale {s:5.2f} steps {steps}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
+        print(f"rank {r:4d} scale {s:5.2f} steps {steps} whiten {w:g}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
               f" loc {row['locality_token']:.3f}/{row['locality_whole']:.3f}  ({time.time() - t0:.0f} s)", flush=True)
         if args.json:  # written after every point: a long grid can be stopped at any time
             with open(args.json, "w") as fh:

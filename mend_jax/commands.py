@@ -84,8 +84,12 @@ def _transform_args(p) -> None:
     p.add_argument("--project-out", type=int, default=0, metavar="R",
                    help="remove from the editor's pseudo-inputs the top R directions of unrelated inputs of the "
                         "editor's training data (editing/projection.py; 0: off, plain MEND)")
+    p.add_argument("--whiten", type=float, default=0.0, metavar="W",
+                   help="multiply the editor's pseudo-inputs by a map that damps the directions unrelated inputs of "
+                        "the editor's training data use most and amplifies the rarest, at strength W (editing/"
+                        "projection.py whitening_maps; 0: off; large: ROME's C^-1)")
     p.add_argument("--projection-inputs", type=int, default=1024,
-                   help="unrelated training inputs the directions of --project-out are measured on")
+                   help="unrelated training inputs the directions of --project-out / --whiten are measured on")
     p.add_argument("--edit-scale", type=float, default=1.0,
                    help="multiply the editor's learned step sizes (tune on dev records; 1: as trained)")
     p.add_argument("--edit-steps", type=int, default=None,
@@ -106,13 +110,12 @@ def _load(args, editor_dir):
 
 
 def _transformed_editor(args, model, editor, params, meta):
-    """--project-out / --edit-scale: the trained editor composed with the projection, its step sizes scaled."""
-    from mend_jax.editing.projection import editor_projection, project_inputs, scaled_step_sizes
+    """--project-out / --whiten / --edit-scale: the trained editor composed with the projection and the whitening
+    of its pseudo-inputs, its step sizes scaled."""
+    from mend_jax.editing.projection import scaled_step_sizes, transformed_editor
     from mend_jax.training.config import TrainConfig
-    if args.project_out:
-        bases = editor_projection(args.editor, model, editor, TrainConfig.from_json(meta["config"]),
-                                  args.project_out, args.projection_inputs)
-        editor = project_inputs(editor, bases)
+    editor = transformed_editor(args.editor, model, editor, TrainConfig.from_json(meta["config"]),
+                                project_out=args.project_out, whiten=args.whiten, n_inputs=args.projection_inputs)
     if args.edit_scale != 1.0:
         params = scaled_step_sizes(params, args.edit_scale)
     return editor, params
@@ -134,7 +137,8 @@ def cmd_eval(args) -> int:
     res.update({"data": args.data, "file": args.file, "records": args.records, "indices": args.indices,
                 "editor": str(args.editor), "editor_step": int(meta["step"]), "model": model.name,
                 "trained_project_out": int(meta["config"].get("project_out", 0)),  # part of the trained editor
-                "project_out": args.project_out, "projection_inputs": args.projection_inputs if args.project_out else 0,
+                "project_out": args.project_out, "whiten": args.whiten,
+                "projection_inputs": args.projection_inputs if (args.project_out or args.whiten) else 0,
                 "edit_scale": args.edit_scale, "edit_steps": args.edit_steps,
                 "seconds": time.time() - t0})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import pytest
 from mend_jax.editing import EditorConfig, EditorSpec, capture_factors, compute_edits, mend_editor
 from mend_jax.editing.batch import encode_examples
 from mend_jax.editing.projection import (input_second_moments, project_inputs, projection_bases,
-                                         scaled_step_sizes)
+                                         scaled_step_sizes, whiten_inputs, whitening_maps)
 from mend_jax.errors import MendJaxError
 
 PROMPTS = ["nq question: who wrote the origin of species", "The mother tongue of Danielle Darrieux is",
@@ -78,6 +78,51 @@ def test_projection_and_scale_errors_name_the_problem(tiny_lm):
         scaled_step_sizes(params, 0.0)
 
 
+def test_whitening_goes_from_the_identity_to_rome_and_moves_unrelated_inputs_less(tiny_lm):
+    """``whitening_maps``: strength 0 is the identity, a large strength tends to ``m C^-1``; for a fixed change on
+    the edit's own input, a whitened rank-1 edit moves unrelated inputs (mean square under ``C``) less, and at
+    ROME's limit least of all; ``whiten_inputs`` multiplies the editor's pseudo-inputs by the map, nothing else."""
+    rng = np.random.default_rng(0)
+    d = 12
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    lam = np.geomspace(50.0, 0.01, d)  # a few dominant directions, as in real MLP inputs
+    c = (q * lam) @ q.T
+    maps = {w: np.asarray(whitening_maps({"l": c}, w)["l"], np.float64) for w in (0.0, 1.0, 8.0, 1e7)}
+    np.testing.assert_allclose(maps[0.0], np.eye(d), atol=1e-5)
+    np.testing.assert_allclose(maps[1.0], maps[1.0].T, atol=1e-5)
+    m = np.median(lam)
+    np.testing.assert_allclose(maps[1e7], m * np.linalg.inv(c), rtol=1e-3, atol=1e-4)
+
+    def interference(ut, u):  # E_x[(x . u~)^2] per unit change (u . u~)^2 on the edit input
+        return (ut @ c @ ut) / (u @ ut) ** 2
+
+    for _ in range(5):
+        u = rng.normal(size=d) * np.sqrt(lam[::-1])  # an edit input that leans on the rare directions
+        plain, mid, strong, rome = (interference(u @ maps[w], u) for w in (0.0, 1.0, 8.0, 1e7))
+        assert rome <= strong <= mid <= plain and rome < 0.5 * plain, (plain, mid, strong, rome)
+
+    layers = tiny_lm.family.default_edit_layers(tiny_lm.config, n_blocks=1)
+    spec = EditorSpec.from_model(tiny_lm.family.linear_layers(tiny_lm.config), layers)
+    editor = mend_editor(spec, EditorConfig(rank=4))
+    params, state = editor.init(jax.random.key(0))
+    moments = input_second_moments(tiny_lm, layers, PROMPTS, ANSWERS)
+    wmaps = whitening_maps(moments, 4.0)
+    batch = jax.tree.map(jnp.asarray, encode_examples(tiny_lm.tokenizer, PROMPTS[:2], ANSWERS[:2], max_length=128))
+    _, f = capture_factors(tiny_lm.params, tiny_lm.config, batch, layers)
+    plain = compute_edits(editor, params, state, f)
+    white = compute_edits(whiten_inputs(editor, wmaps), params, state, f)
+    for n in layers:
+        np.testing.assert_allclose(np.asarray(white[n].a), np.asarray(plain[n].a) @ np.asarray(wmaps[n]),
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(white[n].b), np.asarray(plain[n].b), rtol=1e-6)
+    with pytest.raises(MendJaxError, match="whitening strength must be >= 0"):
+        whitening_maps(moments, -1.0)
+    with pytest.raises(MendJaxError, match="median eigenvalue 0"):
+        whitening_maps({"l": np.diag([1.0, 0.0, 0.0])}, 1.0)
+    with pytest.raises(MendJaxError, match="whitening maps of .* input size"):
+        whiten_inputs(editor, {layers[0]: jnp.zeros((7, 7))})
+
+
 def test_eval_with_the_projection_measures_training_inputs_once_and_reports_its_settings(tiny_lm, tmp_path):
     """``mend-jax eval --project-out R --edit-scale S`` on a trained (tiny) editor: the directions come from the
     editor's *training* records, are cached in the editor folder, and the results file records the settings."""
@@ -99,8 +144,18 @@ def test_eval_with_the_projection_measures_training_inputs_once_and_reports_its_
     assert main(args + ["--json", str(tmp_path / "b.json")]) == 0  # the second run reads the cache
     assert cached[0].stat().st_mtime_ns == first
     a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
-    assert (a["project_out"], a["projection_inputs"], a["edit_scale"]) == (2, 6, 2.0)
+    assert (a["project_out"], a["projection_inputs"], a["edit_scale"], a["whiten"]) == (2, 6, 2.0, 0.0)
     assert a["mend"] == b["mend"]
+    assert main(args + ["--whiten", "4", "--json", str(tmp_path / "w.json")]) == 0  # the same cached moments
+    assert sorted((out / "projections").glob("moments_*.npz")) == cached
+    assert json.loads((tmp_path / "w.json").read_text())["whiten"] == 4.0
+    from mend_jax.cli import build_parser
+    from mend_jax.commands import _load, _transformed_editor
+    parsed = build_parser().parse_args(args + ["--whiten", "4", "--json", "unused.json"])
+    loaded = _load(parsed, parsed.editor)
+    editor, params = _transformed_editor(parsed, *loaded[:3], loaded[4])
+    assert editor.name.endswith("+projection+whitening")
+    np.testing.assert_allclose(params["edit_lrs"], loaded[2]["edit_lrs"] * 2.0)
     plain = tmp_path / "plain.json"
     assert main(args[:-6] + ["--json", str(plain)]) == 0
     res = json.loads(plain.read_text())

@@ -20,7 +20,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,33 +91,75 @@ def projection_bases(moments: Mapping[str, np.ndarray], rank: int) -> dict[str, 
     return out
 
 
+def _check_layers(editor: Editor, maps: Mapping[str, jax.Array], what: str) -> None:
+    """Every map names a layer the editor edits and has one row per input feature of it."""
+    unknown = [n for n in maps if n not in editor.spec.layers]
+    if unknown:
+        raise MendJaxError(f"{what} for layers the editor does not edit: {unknown}")
+    for i, n in enumerate(editor.spec.layers):
+        if n in maps and maps[n].shape[0] != editor.spec.shapes[i][0]:
+            raise MendJaxError(f"{what} of {n} has {maps[n].shape[0]} rows; the layer's input size is "
+                               f"{editor.spec.shapes[i][0]}")
+
+
+def map_pseudo_inputs(editor: Editor, fns: Mapping[str, Callable[[jax.Array], jax.Array]], label: str) -> Editor:
+    """``editor`` followed by ``u~ -> fns[name](u~)`` on every layer named in ``fns`` (rows [R, in] -> [R, in]);
+    ``delta~``, the editor's parameters, state and step sizes are unchanged. The edit transformations of this
+    module are built on it; it is also the hook for a user's own map of the pseudo-inputs."""
+    def apply(nets, state, u, delta, layer):
+        ut, dt = editor.apply(nets, state, u, delta, layer)
+        fn = fns.get(editor.spec.layers[layer])
+        return (ut if fn is None else fn(ut)), dt
+
+    def apply_layers(nets, state, u_by, d_by):
+        out = editor.apply_all(nets, state, u_by, d_by)
+        return {n: ((ut if n not in fns else fns[n](ut)), dt) for n, (ut, dt) in out.items()}
+
+    return dataclasses.replace(editor, apply=apply, apply_layers=apply_layers, name=f"{editor.name}+{label}")
+
+
 def project_inputs(editor: Editor, bases: Mapping[str, jax.Array]) -> Editor:
     """``editor`` followed by ``u~ -> u~ - (u~ U) U^T`` on every layer with a basis ``U`` [in, r] in ``bases``
     (orthonormal columns). ``delta~``, the editor's parameters, state and step sizes are unchanged."""
     bases = {n: jnp.asarray(u, jnp.float32) for n, u in bases.items()}
-    unknown = [n for n in bases if n not in editor.spec.layers]
-    if unknown:
-        raise MendJaxError(f"projection bases for layers the editor does not edit: {unknown}")
-    for i, n in enumerate(editor.spec.layers):
-        if n in bases and bases[n].shape[0] != editor.spec.shapes[i][0]:
-            raise MendJaxError(f"projection basis of {n} has {bases[n].shape[0]} rows; the layer's input size is "
-                               f"{editor.spec.shapes[i][0]}")
+    _check_layers(editor, bases, "projection bases")
+    fns = {n: (lambda ut, b=b: ut - (ut @ b) @ b.T) for n, b in bases.items()}
+    return map_pseudo_inputs(editor, fns, "projection")
 
-    def project(name, ut):
-        if name not in bases:
-            return ut
-        b = bases[name]
-        return ut - (ut @ b) @ b.T
 
-    def apply(nets, state, u, delta, layer):
-        ut, dt = editor.apply(nets, state, u, delta, layer)
-        return project(editor.spec.layers[layer], ut), dt
+def whitening_maps(moments: Mapping[str, np.ndarray], strength: float) -> dict[str, jax.Array]:
+    """Per layer the symmetric map ``P = V diag(g) V^T`` [in, in] (float32) of the pseudo-inputs, from the
+    eigendecomposition ``V diag(lambda) V^T`` of the layer's unrelated-input second moment ``C``:
 
-    def apply_layers(nets, state, u_by, d_by):
-        out = editor.apply_all(nets, state, u_by, d_by)
-        return {n: (project(n, ut), dt) for n, (ut, dt) in out.items()}
+        g_i = (w + 1) m / (w lambda_i + m),   w = ``strength``, m = the median eigenvalue.
 
-    return dataclasses.replace(editor, apply=apply, apply_layers=apply_layers, name=f"{editor.name}+projection")
+    ``w = 0`` is the identity; as ``w`` grows, ``P`` tends to ``m C^{-1}`` (ROME's choice of update direction,
+    Meng et al. 2022: for a given change on the edit's own input, ``C^{-1} u`` is the direction that moves
+    unrelated inputs least in mean square). In between, directions that unrelated inputs use more than the median
+    one are damped and those they use less are amplified, by at most ``w + 1``. Unlike :func:`projection_bases`
+    (a hard cut of the top ``r`` directions), every direction is weighed by how much unrelated inputs use it."""
+    if not strength >= 0:
+        raise MendJaxError(f"the whitening strength must be >= 0 (0: off), not {strength}")
+    out = {}
+    for n, c in moments.items():
+        lam, vecs = np.linalg.eigh(np.asarray(c, np.float64))
+        lam = np.clip(lam, 0.0, None)
+        m = float(np.median(lam))
+        if not m > 0:
+            raise MendJaxError(f"the unrelated inputs of {n} span fewer than half of its {c.shape[0]} input "
+                               f"directions (median eigenvalue 0): measure the moments on more inputs")
+        g = (strength + 1.0) * m / (strength * lam + m)
+        out[n] = jnp.asarray((vecs * g) @ vecs.T, jnp.float32)
+    return out
+
+
+def whiten_inputs(editor: Editor, maps: Mapping[str, jax.Array]) -> Editor:
+    """``editor`` followed by ``u~ -> u~ P`` on every layer with a map ``P`` [in, in] in ``maps``
+    (:func:`whitening_maps`). Composes with :func:`project_inputs` in either order when both come from the same
+    moments (``P`` and the projection share eigenvectors)."""
+    maps = {n: jnp.asarray(p, jnp.float32) for n, p in maps.items()}
+    _check_layers(editor, maps, "whitening maps")
+    return map_pseudo_inputs(editor, {n: (lambda ut, p=p: ut @ p) for n, p in maps.items()}, "whitening")
 
 
 def scaled_step_sizes(params: Mapping, edit_scale: float) -> dict:
@@ -144,25 +186,45 @@ def training_unrelated_inputs(train_config, n: int, seed: int = 0) -> tuple[list
     return prompts, answers
 
 
-def editor_projection(editor_dir: str | Path, model, editor: Editor, train_config, rank: int, n_inputs: int = 1024,
-                      seed: int = 0, progress: bool = True) -> dict[str, jax.Array]:
-    """The projection bases of a trained editor: from ``n_inputs`` unrelated inputs of its training data,
-    cached in ``<editor_dir>/projections/`` (keyed by the inputs, the base weights and the rank)."""
+def editor_input_moments(editor_dir: str | Path, model, editor: Editor, train_config, n_inputs: int = 1024,
+                         seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+    """The unrelated-input second moments of a trained editor's layers, from ``n_inputs`` unrelated inputs of its
+    training data, cached in ``<editor_dir>/projections/`` (keyed by the inputs, the layers and the base model)."""
     prompts, answers = training_unrelated_inputs(train_config, n_inputs, seed)
     key = hashlib.sha256(json.dumps([prompts, answers, list(editor.spec.layers), model.name]).encode()).hexdigest()[:16]
     path = Path(editor_dir) / "projections" / f"moments_{key}.npz"
     if path.is_file():
         data = np.load(path)
-        moments = {n: data[n] for n in editor.spec.layers}
-    else:
-        if progress:
-            print(f"measuring the input directions of {len(prompts)} unrelated training inputs ...", flush=True)
-        moments = input_second_moments(model, editor.spec.layers, prompts, answers)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **moments)
-        tmp.rename(path)
-    return projection_bases(moments, rank)
+        return {n: data[n] for n in editor.spec.layers}
+    if progress:
+        print(f"measuring the input directions of {len(prompts)} unrelated training inputs ...", flush=True)
+    moments = input_second_moments(model, editor.spec.layers, prompts, answers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **moments)
+    tmp.rename(path)
+    return moments
+
+
+def editor_projection(editor_dir: str | Path, model, editor: Editor, train_config, rank: int, n_inputs: int = 1024,
+                      seed: int = 0, progress: bool = True) -> dict[str, jax.Array]:
+    """The projection bases of a trained editor (:func:`editor_input_moments`, top ``rank`` directions)."""
+    return projection_bases(editor_input_moments(editor_dir, model, editor, train_config, n_inputs, seed, progress),
+                            rank)
+
+
+def transformed_editor(editor_dir: str | Path, model, editor: Editor, train_config, *, project_out: int = 0,
+                       whiten: float = 0.0, n_inputs: int = 1024, seed: int = 0, progress: bool = True) -> Editor:
+    """A trained editor composed, at test time, with the projection off the top ``project_out`` directions and the
+    whitening of strength ``whiten`` (both from the same cached moments; 0: that one off)."""
+    if not (project_out or whiten):
+        return editor
+    moments = editor_input_moments(editor_dir, model, editor, train_config, n_inputs, seed, progress)
+    if project_out:
+        editor = project_inputs(editor, projection_bases(moments, project_out))
+    if whiten:
+        editor = whiten_inputs(editor, whitening_maps(moments, whiten))
+    return editor
 
 
 # ------------------------------------------------------------------------- a projection trained with the editor
