@@ -140,10 +140,11 @@ def save_editor(source: str | Path, out: str | Path, model, which: str = "best")
                                                stats=ocp.args.StandardSave(stats), meta=ocp.args.JsonSave(meta)))
         mgr.wait_until_finished()
         mgr.close()
-    from mend_jax.editing.projection import BASES_FILE
+    from mend_jax.editing.projection import BASES_FILE, WHITEN_FILE
     src_dir = editor_folder(source)
-    if (src_dir / BASES_FILE).is_file():  # the projection the editor was trained with (load_editor checked it)
-        shutil.copyfile(src_dir / BASES_FILE, out / BASES_FILE)
+    for name in (BASES_FILE, WHITEN_FILE):  # the transformation the editor was trained with (load_editor checked it)
+        if (src_dir / name).is_file():
+            shutil.copyfile(src_dir / name, out / name)
     return out
 
 

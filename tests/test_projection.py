@@ -163,41 +163,50 @@ def test_eval_with_the_projection_measures_training_inputs_once_and_reports_its_
 
 
 def test_training_with_the_projection_saves_its_bases_and_every_loader_applies_them(tiny_lm, tmp_path):
-    """``mend-jax train --project-out R``: the bases are measured once on training inputs and written beside the
-    checkpoints; a resumed run reads them back; ``load_editor`` (and so eval/edit) and ``save_editor``'s folder
-    give the projected editor, whose edits leave the removed directions alone; a folder without its bases is
-    refused with the fix."""
+    """``mend-jax train --project-out R --whiten W``: the bases and whitening maps are measured once on training
+    inputs and written beside the checkpoints; a resumed run reads them back; ``load_editor`` (and so eval/edit)
+    and ``save_editor``'s folder give the projected and whitened editor, whose edits leave the removed directions
+    alone; a folder without its files is refused with the fix."""
     import dataclasses
 
     from mend_jax.checkpoints import load_editor, save_editor
-    from mend_jax.editing.projection import BASES_FILE
+    from mend_jax.editing.projection import BASES_FILE, WHITEN_FILE
     from mend_jax.training.loop import train
     from test_training import _tiny_cfg
     out = tmp_path / "run"
-    cfg = dataclasses.replace(_tiny_cfg(out, 2), project_out=2, projection_inputs=6)
+    cfg = dataclasses.replace(_tiny_cfg(out, 2), project_out=2, projection_inputs=6, whiten=4.0)
     summary = train(cfg, model=tiny_lm, progress=False)
     assert summary["projection_minutes"] > 0
-    bases_file = out / BASES_FILE
-    stamp = bases_file.stat().st_mtime_ns
-    train(dataclasses.replace(cfg, steps=3), model=tiny_lm, progress=False)  # resumes: reads the bases back
-    assert bases_file.stat().st_mtime_ns == stamp
+    bases_file, maps_file = out / BASES_FILE, out / WHITEN_FILE
+    stamps = bases_file.stat().st_mtime_ns, maps_file.stat().st_mtime_ns
+    train(dataclasses.replace(cfg, steps=3), model=tiny_lm, progress=False)  # resumes: reads both back
+    assert (bases_file.stat().st_mtime_ns, maps_file.stat().st_mtime_ns) == stamps
     editor, params, stats, meta = load_editor(out, tiny_lm, which="latest")
-    assert meta["step"] == 3 and editor.name.endswith("+projection")
-    data = np.load(bases_file)
+    assert meta["step"] == 3 and editor.name.endswith("+projection+whitening")
+    data, maps = np.load(bases_file), np.load(maps_file)
     layers = editor.spec.layers
     batch = jax.tree.map(jnp.asarray, encode_examples(tiny_lm.tokenizer, PROMPTS[:2], ANSWERS[:2], max_length=128))
     _, f = capture_factors(tiny_lm.params, tiny_lm.config, batch, layers)
     edits = compute_edits(editor, params, stats, f)
+    projected_only = compute_edits(project_inputs(mend_editor(editor.spec, editor.config),
+                                                  {n: data[n] for n in layers}), params, stats, f)
     for n in layers:
         u = np.asarray(data[n], np.float64)
         assert u.shape[1] == 2
         dense = np.asarray(edits[n].dense(), np.float64)
         assert np.abs(dense).max() > 0 and np.abs(u.T @ dense).max() < 1e-5 * np.abs(dense).max()
+        np.testing.assert_allclose(np.asarray(edits[n].a), np.asarray(projected_only[n].a) @ maps[n],
+                                   rtol=1e-4, atol=1e-6)
     saved = save_editor(out, tmp_path / "saved", tiny_lm, which="latest")
-    assert (saved / BASES_FILE).is_file()
-    assert load_editor(saved, tiny_lm)[0].name.endswith("+projection")
+    assert (saved / BASES_FILE).is_file() and (saved / WHITEN_FILE).is_file()
+    assert load_editor(saved, tiny_lm)[0].name.endswith("+projection+whitening")
+    (saved / WHITEN_FILE).unlink()
+    with pytest.raises(MendJaxError, match=f"trained with --whiten 4 but not its {WHITEN_FILE}"):
+        load_editor(saved, tiny_lm)
     (saved / BASES_FILE).unlink()
     with pytest.raises(MendJaxError, match=f"trained with --project-out 2 but not its {BASES_FILE}"):
         load_editor(saved, tiny_lm)
     with pytest.raises(MendJaxError, match="--project-out must be >= 0"):
         dataclasses.replace(cfg, project_out=-1)
+    with pytest.raises(MendJaxError, match="--whiten must be >= 0"):
+        dataclasses.replace(cfg, whiten=-1.0)

@@ -229,44 +229,62 @@ def transformed_editor(editor_dir: str | Path, model, editor: Editor, train_conf
 
 # ------------------------------------------------------------------------- a projection trained with the editor
 BASES_FILE = "projection_bases.npz"
+WHITEN_FILE = "whitening_maps.npz"
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    if jax.process_index() == 0:  # every process measured the same arrays; one writes them
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **{n: np.asarray(b) for n, b in arrays.items()})
+        tmp.rename(path)
 
 
 def training_projection(run_dir: str | Path, model, editor: Editor, train_config, progress: bool = True) -> Editor:
-    """``mend-jax train --project-out R``: the editor composed with the projection it is trained (and later edits)
-    with. The bases are measured once, on ``train_config.projection_inputs`` unrelated inputs of the training
-    records (seeded by the run's seed), and written to ``<run_dir>/projection_bases.npz``; a resumed run reads
-    them back, so its editor sees exactly the projection it was trained with."""
-    path = Path(run_dir) / BASES_FILE
-    if path.is_file():
-        return trained_projection(path.parent, editor, train_config)
-    prompts, answers = training_unrelated_inputs(train_config, train_config.projection_inputs, train_config.seed)
-    if progress:
-        print(f"measuring the input directions of {len(prompts)} unrelated training inputs ...", flush=True)
-    bases = projection_bases(input_second_moments(model, editor.spec.layers, prompts, answers),
-                             train_config.project_out)
-    if jax.process_index() == 0:  # every process measured the same bases; one writes them
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{n: np.asarray(b) for n, b in bases.items()})
-        tmp.rename(path)
-    return project_inputs(editor, bases)
+    """``mend-jax train --project-out R`` / ``--whiten W``: the editor composed with the projection and the
+    whitening it is trained (and later edits) with. Both come from one measurement of the second moments, on
+    ``train_config.projection_inputs`` unrelated inputs of the training records (seeded by the run's seed), written
+    to ``<run_dir>/projection_bases.npz`` and ``<run_dir>/whitening_maps.npz``; a resumed run reads them back, so
+    its editor sees exactly the transformation it was trained with."""
+    run_dir = Path(run_dir)
+    need = ([BASES_FILE] if train_config.project_out else []) + ([WHITEN_FILE] if train_config.whiten else [])
+    if any(not (run_dir / f).is_file() for f in need):
+        prompts, answers = training_unrelated_inputs(train_config, train_config.projection_inputs,
+                                                     train_config.seed)
+        if progress:
+            print(f"measuring the input directions of {len(prompts)} unrelated training inputs ...", flush=True)
+        moments = input_second_moments(model, editor.spec.layers, prompts, answers)
+        if train_config.project_out and not (run_dir / BASES_FILE).is_file():
+            _write_npz(run_dir / BASES_FILE, projection_bases(moments, train_config.project_out))
+        if train_config.whiten and not (run_dir / WHITEN_FILE).is_file():
+            _write_npz(run_dir / WHITEN_FILE, whitening_maps(moments, train_config.whiten))
+    return trained_projection(run_dir, editor, train_config)
+
+
+def _read_layer_arrays(path: Path, editor: Editor, flag: str) -> dict[str, jax.Array]:
+    if not path.is_file():
+        raise MendJaxError(f"{path.parent} holds an editor trained with {flag} but not its {path.name}; copy that "
+                           f"file from the training run's --out folder")
+    data = np.load(path)
+    missing = [n for n in editor.spec.layers if n not in data.files]
+    if missing:
+        raise MendJaxError(f"{path} has no array for {missing}: it belongs to another editor")
+    return {n: jnp.asarray(data[n], jnp.float32) for n in editor.spec.layers}
 
 
 def trained_projection(editor_dir: str | Path, editor: Editor, train_config) -> Editor:
     """The editor of a folder as it was trained: composed with the projection in its ``projection_bases.npz``
-    when its training configuration has ``project_out > 0``, else unchanged."""
-    if not getattr(train_config, "project_out", 0):
-        return editor
-    path = Path(editor_dir) / BASES_FILE
-    if not path.is_file():
-        raise MendJaxError(f"{editor_dir} holds an editor trained with --project-out {train_config.project_out} "
-                           f"but not its {BASES_FILE}; copy that file from the training run's --out folder")
-    data = np.load(path)
-    missing = [n for n in editor.spec.layers if n not in data.files]
-    if missing:
-        raise MendJaxError(f"{path} has no projection basis for {missing}: it belongs to another editor")
-    bases = {n: jnp.asarray(data[n], jnp.float32) for n in editor.spec.layers}
-    ranks = {b.shape[1] for b in bases.values()}
-    if ranks != {train_config.project_out}:
-        raise MendJaxError(f"{path} holds bases of rank {sorted(ranks)}, the editor was trained with "
-                           f"--project-out {train_config.project_out}: it belongs to another run")
-    return project_inputs(editor, bases)
+    when its training configuration has ``project_out > 0`` and then with the whitening in its
+    ``whitening_maps.npz`` when it has ``whiten > 0``; else unchanged."""
+    editor_dir = Path(editor_dir)
+    if getattr(train_config, "project_out", 0):
+        path = editor_dir / BASES_FILE
+        bases = _read_layer_arrays(path, editor, f"--project-out {train_config.project_out}")
+        ranks = {b.shape[1] for b in bases.values()}
+        if ranks != {train_config.project_out}:
+            raise MendJaxError(f"{path} holds bases of rank {sorted(ranks)}, the editor was trained with "
+                               f"--project-out {train_config.project_out}: it belongs to another run")
+        editor = project_inputs(editor, bases)
+    if getattr(train_config, "whiten", 0.0):
+        editor = whiten_inputs(editor, _read_layer_arrays(editor_dir / WHITEN_FILE, editor,
+                                                          f"--whiten {train_config.whiten:g}"))
+    return editor

@@ -84,6 +84,10 @@ class TrainConfig:
     # loads the editor applies the same projection. 0: plain MEND
     project_out: int = 0
     projection_inputs: int = 1024
+    # W > 0: train (and later edit) with the pseudo-inputs whitened at strength W by the same unrelated inputs'
+    # second moments (editing/projection.py whitening_maps; saved as whitening_maps.npz beside the checkpoints,
+    # applied after the projection). 0: off
+    whiten: float = 0.0
 
     def __post_init__(self):
         # checked here, before any model is loaded (a bad flag should not cost a model load)
@@ -103,6 +107,9 @@ class TrainConfig:
         if self.project_out < 0 or (self.project_out and self.projection_inputs < 1):
             raise MendJaxError(f"--project-out must be >= 0 (0: off) and --projection-inputs >= 1, not "
                                f"{self.project_out} and {self.projection_inputs}")
+        if not self.whiten >= 0 or (self.whiten and self.projection_inputs < 1):
+            raise MendJaxError(f"--whiten must be >= 0 (0: off) and --projection-inputs >= 1, not "
+                               f"{self.whiten} and {self.projection_inputs}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,6 +129,7 @@ class TrainConfig:
         d.setdefault("hidden_cache", False)
         d.setdefault("project_out", 0)
         d.setdefault("projection_inputs", 1024)
+        d.setdefault("whiten", 0.0)
         d.setdefault("edit_lr_k_power", False)
         d.setdefault("edit_steps", 1)
         d.setdefault("loc_loss_on", "all")

@@ -207,7 +207,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     shapes = Shapes(cfg.seq_len, cfg.target_len, cfg.loc_len)
     editor, ecfg = build_editor(model, cfg)
     projection_s = 0.0
-    if cfg.project_out:  # measured once (counted as training time below), then read back on every resumption
+    if cfg.project_out or cfg.whiten:  # measured once (counted as training time below), read back on resumption
         t_proj = time.time()
         editor = training_projection(out, model, editor, cfg, progress=progress)
         projection_s = time.time() - t_proj
