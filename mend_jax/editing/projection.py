@@ -186,6 +186,19 @@ def training_unrelated_inputs(train_config, n: int, seed: int = 0) -> tuple[list
     return prompts, answers
 
 
+def _measure_moments(model, editor: Editor, prompts, answers, progress: bool) -> dict[str, np.ndarray]:
+    if progress:
+        print(f"measuring the input directions of {len(prompts)} unrelated training inputs ...", flush=True)
+    return input_second_moments(model, editor.spec.layers, prompts, answers)
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    if jax.process_index() == 0:  # every process measured the same arrays; one writes them
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **{n: np.asarray(b) for n, b in arrays.items()})
+        tmp.rename(path)
+
+
 def editor_input_moments(editor_dir: str | Path, model, editor: Editor, train_config, n_inputs: int = 1024,
                          seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
     """The unrelated-input second moments of a trained editor's layers, from ``n_inputs`` unrelated inputs of its
@@ -196,21 +209,10 @@ def editor_input_moments(editor_dir: str | Path, model, editor: Editor, train_co
     if path.is_file():
         data = np.load(path)
         return {n: data[n] for n in editor.spec.layers}
-    if progress:
-        print(f"measuring the input directions of {len(prompts)} unrelated training inputs ...", flush=True)
-    moments = input_second_moments(model, editor.spec.layers, prompts, answers)
+    moments = _measure_moments(model, editor, prompts, answers, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **moments)
-    tmp.rename(path)
+    _write_npz(path, moments)
     return moments
-
-
-def editor_projection(editor_dir: str | Path, model, editor: Editor, train_config, rank: int, n_inputs: int = 1024,
-                      seed: int = 0, progress: bool = True) -> dict[str, jax.Array]:
-    """The projection bases of a trained editor (:func:`editor_input_moments`, top ``rank`` directions)."""
-    return projection_bases(editor_input_moments(editor_dir, model, editor, train_config, n_inputs, seed, progress),
-                            rank)
 
 
 def transformed_editor(editor_dir: str | Path, model, editor: Editor, train_config, *, project_out: int = 0,
@@ -232,13 +234,6 @@ BASES_FILE = "projection_bases.npz"
 WHITEN_FILE = "whitening_maps.npz"
 
 
-def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    if jax.process_index() == 0:  # every process measured the same arrays; one writes them
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{n: np.asarray(b) for n, b in arrays.items()})
-        tmp.rename(path)
-
-
 def training_projection(run_dir: str | Path, model, editor: Editor, train_config, progress: bool = True) -> Editor:
     """``mend-jax train --project-out R`` / ``--whiten W``: the editor composed with the projection and the
     whitening it is trained (and later edits) with. Both come from one measurement of the second moments, on
@@ -250,9 +245,7 @@ def training_projection(run_dir: str | Path, model, editor: Editor, train_config
     if any(not (run_dir / f).is_file() for f in need):
         prompts, answers = training_unrelated_inputs(train_config, train_config.projection_inputs,
                                                      train_config.seed)
-        if progress:
-            print(f"measuring the input directions of {len(prompts)} unrelated training inputs ...", flush=True)
-        moments = input_second_moments(model, editor.spec.layers, prompts, answers)
+        moments = _measure_moments(model, editor, prompts, answers, progress)
         if train_config.project_out and not (run_dir / BASES_FILE).is_file():
             _write_npz(run_dir / BASES_FILE, projection_bases(moments, train_config.project_out))
         if train_config.whiten and not (run_dir / WHITEN_FILE).is_file():
