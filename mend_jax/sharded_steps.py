@@ -140,7 +140,8 @@ class ShardedEditing:
     @functools.cached_property
     def capture(self):
         def f(params, batch):
-            loss, factors = capture_factors(params, self.cfg, batch, self.layers)
+            pos = "all" if self.editor is None else self.editor.factor_positions
+            loss, factors = capture_factors(params, self.cfg, batch, self.layers, positions=pos)
             return loss, jax.lax.with_sharding_constraint(factors, self.factor_sh)
         return jax.jit(f, in_shardings=(self.param_sh, self.batch_sh), out_shardings=(self.rep, self.factor_sh))
 

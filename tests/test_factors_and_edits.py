@@ -109,6 +109,62 @@ def test_masked_tokens_contribute_nothing():
         assert mrow == 0
 
 
+def test_target_positions_keep_only_the_rows_that_predict_target_tokens():
+    """``positions="target"``: the factors keep the rows of the positions whose logits predict a target token and no
+    other (the prompt's other positions are masked), with ``u`` and ``delta`` unchanged; their outer products are
+    then the gradient of the loss with only those positions' kernels free (checked with ``jax.grad`` on the kernels
+    applied at the target positions only, through the taps' sum)."""
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    batch = make_batch(cfg, b=3, t=10, k=3)
+    layers = edit_layers(cfg)
+    capture = jax.jit(capture_factors, static_argnums=(1, 3), static_argnames="positions")
+    _, every = capture(params, cfg, batch, layers)
+    _, target = capture(params, cfg, batch, layers, positions="target")
+    want = np.zeros(batch.input_ids.shape, np.float32)
+    for b in range(want.shape[0]):
+        for p, m in zip(np.asarray(batch.target_pos[b]), np.asarray(batch.target_mask[b])):
+            want[b, p] = max(want[b, p], m)
+    for n in layers:
+        np.testing.assert_array_equal(np.asarray(target.mask[n]), np.asarray(every.mask[n]) * want)
+        np.testing.assert_allclose(target.u[n], every.u[n], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(target.delta[n], every.delta[n], rtol=1e-4, atol=1e-8)
+        # never more rows than MEND's, and the gradient is their part of it
+        assert np.asarray(target.mask[n]).sum() <= np.asarray(every.mask[n]).sum()
+        part = jnp.einsum("bti,bto->io", every.u[n] * jnp.asarray(want)[..., None], every.delta[n])
+        np.testing.assert_allclose(target.gradient(n), part, rtol=1e-4, atol=1e-6)
+    # below the last block the prompt's positions reach the loss through attention: those rows are dropped
+    lower = [n for n in layers if n.startswith(f"model.layers.{cfg.num_layers - 2}.")]
+    assert lower and all(np.asarray(target.mask[n]).sum() < np.asarray(every.mask[n]).sum() for n in lower)
+    with pytest.raises(ValueError, match="positions"):
+        capture_factors(params, cfg, batch, layers, positions="prompt")
+
+
+def test_an_editor_for_target_positions_edits_from_those_rows_only():
+    """``Editor.factor_positions = "target"`` (``EditorConfig.factor_positions``): ``mend_edits`` computes the edit
+    from the target positions' factors, i.e. the identity editor's edit is the gradient step of those rows."""
+    import dataclasses
+
+    from mend_jax.editing.edit import mend_edits
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    batch = make_batch(cfg)
+    layers = edit_layers(cfg)
+    fam = family_for(cfg)
+    spec = EditorSpec.from_model(fam.linear_layers(cfg), layers)
+    ed = dataclasses.replace(identity_editor(spec, edit_lr=0.1), factor_positions="target")
+    eparams, stats = ed.init(jax.random.key(0))
+    edits = mend_edits(ed, cfg, params, eparams, stats, batch)
+    _, target = capture_factors(params, cfg, batch, layers, positions="target")
+    for n in layers:
+        np.testing.assert_allclose(edits[n].dense(), -0.1 * target.gradient(n), rtol=1e-4, atol=1e-7)
+    every = mend_edits(identity_editor(spec, edit_lr=0.1), cfg, params, eparams, stats, batch)
+    assert any(not np.allclose(every[n].dense(), edits[n].dense(), rtol=1e-3, atol=1e-6) for n in layers)
+    from mend_jax.editing.editor import EditorConfig
+    with pytest.raises(ValueError, match="factor_positions"):
+        EditorConfig(factor_positions="prompt")
+
+
 def test_last_layer_rows_without_labels_are_filtered():
     cfg = CONFIGS["llama"]
     params = random_params(cfg)

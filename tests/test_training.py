@@ -512,6 +512,61 @@ def test_warm_start_takes_the_chosen_checkpoint_of_the_source_run(tiny_lm, tmp_p
         TrainConfig(init_which="last")
 
 
+def test_warm_start_with_the_optimizer_state_and_an_editor_for_target_positions(tiny_lm, tmp_path):
+    """``--init-optimizer``: the warm-started run's first step uses the source's Adam moments (so with learning rates
+    0 its saved optimizer state is the source's, moved on by one step's moments); ``--factor-positions target``
+    is saved with the editor and given back by every loader. A run without a source is refused with the fix."""
+    import dataclasses
+    from pathlib import Path
+
+    from mend_jax.checkpoints import EditorCheckpoints, checkpoints_dir, load_editor
+    from mend_jax.errors import CheckpointError, MendJaxError
+    from mend_jax.training.config import TrainConfig
+    from mend_jax.training.loop import train
+    src = tmp_path / "src"
+    cfg = dataclasses.replace(_tiny_cfg(src, 2), model=str(tiny_lm.folder))
+    train(cfg, model=tiny_lm, progress=False)
+
+    def opt_state(run):
+        editor = load_editor(run, tiny_lm, "latest")[0]
+        from mend_jax.training.step import init_train_state, make_optimizer
+        tcfg = TrainConfig.from_json(json.loads((Path(run) / "train_config.json").read_text()))
+        tx = make_optimizer(tcfg.lr, tcfg.lr_lr, tcfg.grad_clip)
+        ck = EditorCheckpoints(checkpoints_dir(run), async_save=False)
+        try:
+            ts, _ = ck.restore(init_train_state(editor, tx, jax.random.key(0)), which="latest")
+        finally:
+            ck.close()
+        return ts["opt_state"]
+
+    counts = {}
+    for carry in (False, True):
+        out = tmp_path / f"carry_{carry}"
+        warm = dataclasses.replace(_tiny_cfg(out, 1), model=str(tiny_lm.folder), init_from=str(src),
+                                   init_which="latest", init_optimizer=carry, factor_positions="target")
+        train(warm, model=tiny_lm, progress=False)
+        counts[carry] = [int(x) for x in jax.tree.leaves(opt_state(out)) if np.ndim(x) == 0 and
+                         np.issubdtype(np.asarray(x).dtype, np.integer)]
+        assert load_editor(out, tiny_lm, "latest")[0].factor_positions == "target"
+    src_counts = [int(x) for x in jax.tree.leaves(opt_state(src)) if np.ndim(x) == 0 and
+                  np.issubdtype(np.asarray(x).dtype, np.integer)]
+    assert max(src_counts) >= 2
+    # Adam's step count goes on from the source's with --init-optimizer, and starts afresh without it
+    assert max(counts[True]) == max(src_counts) + max(counts[False])
+    assert load_editor(src, tiny_lm, "latest")[0].factor_positions == "all"
+    with pytest.raises(MendJaxError, match="--init-from"):
+        TrainConfig(init_optimizer=True)
+    with pytest.raises(MendJaxError, match="--factor-positions"):
+        TrainConfig(factor_positions="prompt")
+    # an editor-only folder (save-editor) has no optimizer state to carry
+    from mend_jax.checkpoints import save_editor
+    only = tmp_path / "editor_only"
+    save_editor(src, only, tiny_lm, which="latest")
+    with pytest.raises(CheckpointError, match="--init-optimizer"):
+        train(dataclasses.replace(_tiny_cfg(tmp_path / "x", 1), model=str(tiny_lm.folder), init_from=str(only),
+                                  init_optimizer=True), model=tiny_lm, progress=False)
+
+
 def _loc_answer_logits_of_materialised_edits(tiny_lm, editor, ts, batch):
     """Per problem of ``batch``: the logits at its locality answer before and after its edit, materialised into new
     weights (one editor step), and the answer mask: the reference for the step's locality losses."""

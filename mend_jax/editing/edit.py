@@ -77,7 +77,7 @@ def mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapping, stat
     """Factors of the edit ``batch`` (all its examples edited at once) and the editor's low-rank updates: one
     forward+backward of the base model (down to the lowest edited block) and the editor on the real rows. Jitted
     (the editor and the model config are static); ``rows`` as in :func:`compute_edits`."""
-    _, factors = capture_factors(base_params, cfg, batch, editor.spec.layers)
+    _, factors = capture_factors(base_params, cfg, batch, editor.spec.layers, positions=editor.factor_positions)
     return compute_edits(editor, eparams, stats, factors, rows=rows)
 
 

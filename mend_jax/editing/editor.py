@@ -41,8 +41,13 @@ class EditorConfig:
     # learn per layer an exponent p_l so that k edits applied at once take the step alpha_l * k**p_l (p = 0 at
     # init: the paper's one step size for every k); only problems of k > 1 edits move it
     edit_lr_k_power: bool = False
+    # which token rows of an edit's factors the editor sees: "all" (MEND) or "target" (only the positions whose
+    # logits predict a target token; editing.factors.capture_factors)
+    factor_positions: str = "all"
 
     def __post_init__(self):
+        if self.factor_positions not in ("all", "target"):
+            raise ValueError(f"factor_positions must be 'all' or 'target', not {self.factor_positions!r}")
         flags = [self.x_only, self.delta_only, self.one_sided]
         if sum(flags) > 1:
             raise ValueError("choose at most one of x_only, delta_only, one_sided")
@@ -193,6 +198,9 @@ class Editor:
     # its weights are read once per edit instead of once per layer)
     apply_layers: Callable[..., dict] | None = None
     k_power: bool = False  # params carry "edit_lr_k_power" [L] (see EditorConfig.edit_lr_k_power, step_sizes)
+    # the token rows of an edit's factors it is given: "all" (MEND) or "target" (capture_factors' ``positions``);
+    # any editor, a user's own transformation too, can be switched with dataclasses.replace
+    factor_positions: str = "all"
 
     def apply_all(self, nets, state, u: Mapping[str, jax.Array], delta: Mapping[str, jax.Array]) -> dict:
         """``{layer name: (u~, delta~)}`` for every edited layer."""
@@ -301,7 +309,7 @@ def mend_editor(spec: EditorSpec, cfg: EditorConfig = EditorConfig()) -> Editor:
         return out
 
     return Editor(spec, init_nets, apply, norm=cfg.norm, edit_lr_init=cfg.edit_lr_init, name="mend", config=cfg,
-                  apply_layers=apply_layers, k_power=cfg.edit_lr_k_power)
+                  apply_layers=apply_layers, k_power=cfg.edit_lr_k_power, factor_positions=cfg.factor_positions)
 
 
 def identity_editor(spec: EditorSpec, edit_lr: float = 1e-4) -> Editor:

@@ -22,7 +22,8 @@ from mend_jax.models import LinearHooks, family_for, layer_index
 @dataclasses.dataclass(frozen=True)
 class Factors:
     """Per edited layer: ``u`` [B,T,in], ``delta`` [B,T,out] (float32) and the row mask [B,T] of tokens that
-    contribute (real tokens whose input and output-gradient are both non-zero, as MEND's row filter)."""
+    contribute (real tokens whose input and output-gradient are both non-zero, as MEND's row filter; with
+    ``positions="target"`` only those among the positions whose logits predict a target token)."""
     u: Mapping[str, jax.Array]
     delta: Mapping[str, jax.Array]
     mask: Mapping[str, jax.Array]
@@ -50,8 +51,18 @@ def edit_loss_fn(params, cfg, batch: TokenBatch, hooks: LinearHooks, first_layer
     return per_edit.sum()
 
 
+FACTOR_POSITIONS = ("all", "target")
+
+
+def target_positions_mask(batch: TokenBatch) -> jax.Array:
+    """[B, T] float32: 1 at the positions whose logits predict a (real) target token of the batch."""
+    b, t = batch.input_ids.shape
+    zeros = jnp.zeros((b, t), jnp.float32)
+    return jax.vmap(lambda z, pos, m: z.at[pos].max(m))(zeros, batch.target_pos, batch.target_mask.astype(jnp.float32))
+
+
 def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], return_hidden: bool = False,
-                    hidden=None, edits=None):
+                    hidden=None, edits=None, positions: str = "all"):
     """``(loss, factors)``: the edit loss (per edit example the token-mean NLL of its targets, summed over the
     examples: see :func:`edit_loss_fn`) and the factors of ``layers``. Pure; jit it with ``cfg`` static.
 
@@ -60,7 +71,13 @@ def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], retur
     depend on the edit, so they can start there instead of recomputing the frozen blocks). ``hidden``: that state,
     computed earlier (e.g. ``training.frozen_cache``), [B, T, D]; the frozen blocks are then not run at all.
     ``edits``: low-rank edits ({layer: LowRankEdit}) applied in the forward pass: the factors are then those at the
-    edited weights (a further editor step, see ``editing.edit.iterated_mend_edits``); gradient-stopped."""
+    edited weights (a further editor step, see ``editing.edit.iterated_mend_edits``); gradient-stopped.
+    ``positions``: which token rows the factors keep: ``"all"`` (MEND: every real token, the prompt's too, whose
+    ``u`` and ``delta`` are non-zero) or ``"target"`` (only the positions whose logits predict a target token: the
+    prompt's other positions, whose inputs unrelated prompts share most, give no rows; an option beyond the paper,
+    ``Editor.factor_positions``)."""
+    if positions not in FACTOR_POSITIONS:
+        raise ValueError(f"positions must be one of {FACTOR_POSITIONS}, not {positions!r}")
     fam = family_for(cfg)
     shapes = fam.linear_layers(cfg)
     missing = [n for n in layers if n not in shapes]
@@ -86,6 +103,8 @@ def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], retur
     u = {n: jax.lax.stop_gradient(u[n]).astype(jnp.float32) for n in layers}
     delta = {n: jax.lax.stop_gradient(delta[n]).astype(jnp.float32) for n in layers}
     real = batch.attention_mask > 0
+    if positions == "target":
+        real = real & (target_positions_mask(batch) > 0)
     mask = {n: (real & jnp.any(u[n] != 0, -1) & jnp.any(delta[n] != 0, -1)).astype(jnp.float32) for n in layers}
     if return_hidden:
         return loss, Factors(u, delta, mask), hidden

@@ -60,6 +60,14 @@ def register(sub) -> None:
             p.add_argument(flag, choices=["all", "answer"], default=f.default,
                            help="locality KL over all tokens of each locality input (MEND) or over its answer "
                                 "tokens only (where evaluation compares the argmax before and after)")
+        elif f.name == "init_optimizer":
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
+                           help="with --init-from: also take its checkpoint's optimizer state (Adam's moments), "
+                                "so the warm start goes on with that run's optimisation")
+        elif f.name == "factor_positions":
+            p.add_argument(flag, choices=["all", "target"], default=f.default,
+                           help="token rows of an edit's factors the editor sees: all (MEND) or only the positions "
+                                "whose logits predict a target token")
         elif f.name == "hidden_cache":
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
                            help="compute the frozen blocks' hidden states once per distinct training input at the "

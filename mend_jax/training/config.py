@@ -52,6 +52,9 @@ class TrainConfig:
     # editor steps per edit, in training and (by default) whenever the editor is loaded: step s > 1 edits from the
     # factors at the weights steps 1..s-1 left (editing.edit.iterated_mend_edits; not MEND, which applies it once)
     edit_steps: int = 1
+    # which token rows of an edit's factors the editor sees, in training and whenever the editor is loaded: "all"
+    # (MEND) or "target" (only the positions whose logits predict a target token; editing.factors.capture_factors)
+    factor_positions: str = "all"
     c_edit: float = 0.1
     c_loc: float = 1.0
     grad_clip: float = 100.0
@@ -78,6 +81,9 @@ class TrainConfig:
     # (``init_which``: its "best" by dev loss or its "latest"); only read when --out holds no checkpoint yet
     init_from: str | None = None
     init_which: str = "best"
+    # with init_from: also take that checkpoint's optimizer state (Adam's moments; the optimizer settings must be the
+    # same), so the warm start goes on with that run's optimisation instead of restarting Adam from zero moments
+    init_optimizer: bool = False
     # R > 0: train (and later edit) with the editor's pseudo-inputs projected off the top-R directions of unrelated
     # inputs of the training records (editing/projection.py; not MEND): the directions are measured once at the start
     # on ``projection_inputs`` of them and saved beside the checkpoints (projection_bases.npz), so every command that
@@ -96,6 +102,11 @@ class TrainConfig:
             raise MendJaxError(f"edit_loss_on must be 'equiv' or 'both', not {self.edit_loss_on!r}")
         if self.loc_loss_on not in ("all", "answer"):
             raise MendJaxError(f"loc_loss_on must be 'all' or 'answer', not {self.loc_loss_on!r}")
+        if self.init_optimizer and not self.init_from:
+            raise MendJaxError("--init-optimizer takes the optimizer state of --init-from's checkpoint: give "
+                               "--init-from too (or leave out --init-optimizer)")
+        if self.factor_positions not in ("all", "target"):
+            raise MendJaxError(f"--factor-positions must be 'all' or 'target', not {self.factor_positions!r}")
         if self.init_which not in ("best", "latest"):
             raise MendJaxError(f"--init-which must be 'best' or 'latest', not {self.init_which!r}")
         if self.c_flip < 0:
@@ -121,6 +132,7 @@ class TrainConfig:
         d.setdefault("train_loc", "other")  # runs saved before the option existed trained this way
         d.setdefault("init_from", None)
         d.setdefault("init_which", "best")
+        d.setdefault("init_optimizer", False)
         d.setdefault("mesh", None)
         d.setdefault("edits_per_problem", 1)
         d.setdefault("base_dtype", "float32")
@@ -134,6 +146,7 @@ class TrainConfig:
         d.setdefault("edit_steps", 1)
         d.setdefault("loc_loss_on", "all")
         d.setdefault("c_flip", 0.0)
+        d.setdefault("factor_positions", "all")
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

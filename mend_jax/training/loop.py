@@ -36,7 +36,8 @@ def build_editor(model, cfg: TrainConfig):
     layers = fam.default_edit_layers(model.config, cfg.edit_blocks)
     spec = EditorSpec.from_model(fam.linear_layers(model.config), layers, shared=cfg.shared)
     ecfg = EditorConfig(rank=cfg.rank, n_hidden=cfg.n_hidden, combine=cfg.combine, shared=cfg.shared,
-                        edit_lr_init=cfg.edit_lr_init, edit_lr_k_power=cfg.edit_lr_k_power)
+                        edit_lr_init=cfg.edit_lr_init, edit_lr_k_power=cfg.edit_lr_k_power,
+                        factor_positions=cfg.factor_positions)
     return mend_editor(spec, ecfg), ecfg
 
 
@@ -159,10 +160,11 @@ def validate(eval_step, ts, base_params, val_batches, prefix: str = "val") -> di
     return {f"{prefix}/{k}": v / total for k, v in sums.items()}
 
 
-def warm_start(ts: dict, source: str, model, editor, which: str = "best") -> dict:
+def warm_start(ts: dict, source: str, model, editor, which: str = "best", optimizer: bool = False) -> dict:
     """Editor parameters and normalisation statistics from another run's ``which`` ("best" or "latest")
-    checkpoint; a fresh optimizer state and step 0. The source must edit the same layers of the same base model with
-    the same editor."""
+    checkpoint, and step 0; a fresh optimizer state, or with ``optimizer`` the source's (same optimizer settings
+    needed; an editor-only folder has none). The source must edit the same layers of the same base model with the
+    same editor."""
     from mend_jax.checkpoints import load_editor
     src_editor, params, stats, meta = load_editor(source, model, which)
     if tuple(src_editor.spec.layers) != tuple(editor.spec.layers):
@@ -173,9 +175,29 @@ def warm_start(ts: dict, source: str, model, editor, which: str = "best") -> dic
     if want != got:
         raise CheckpointError(f"--init-from {source} holds an editor of another shape (rank/n_hidden/sharing); "
                               f"use the same editor options as that run")
+    out = {**ts, "params": params, "stats": stats}
+    if optimizer:
+        from mend_jax.checkpoints import checkpoints_dir
+        ckdir = checkpoints_dir(source)
+        if not _has_optimizer_state(ckdir, which):
+            raise CheckpointError(f"--init-optimizer: {source} holds no optimizer state in its {which} checkpoint "
+                                  f"(an editor-only folder?); leave out --init-optimizer to start Adam afresh")
+        ck = EditorCheckpoints(ckdir, async_save=False)
+        try:
+            full, _ = ck.restore(ts, which=which)
+        finally:
+            ck.close()
+        out["opt_state"] = full["opt_state"]
     if jax.process_index() == 0:
-        print(f"warm start from {source} (its {which} checkpoint, step {meta.get('step')})")
-    return {**ts, "params": params, "stats": stats}
+        print(f"warm start from {source} (its {which} checkpoint, step {meta.get('step')}"
+              f"{', with its optimizer state' if optimizer else ''})")
+    return out
+
+
+def _has_optimizer_state(ckdir: Path, which: str) -> bool:
+    root = Path(ckdir) / which
+    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+    return bool(steps) and (root / str(steps[-1]) / "opt_state").is_dir()
 
 
 def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
@@ -275,7 +297,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
             _truncate_log(log_path, int(ts["step"]))
         placement.log(f"resumed from step {int(ts['step'])} in {out}")
     elif cfg.init_from:
-        ts = warm_start(ts, cfg.init_from, model, editor, cfg.init_which)
+        ts = warm_start(ts, cfg.init_from, model, editor, cfg.init_which, cfg.init_optimizer)
         ts = placement.train_state(ts, editor, model.config, tx)
     start = int(ts["step"])
 

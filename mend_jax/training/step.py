@@ -166,7 +166,8 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
     first = min(layer_index(n) for n in layers)
 
     # the frozen blocks' output on the edit batch comes back too: the prompt edit loss starts from it
-    pre_loss, factors, h_edit = jax.vmap(lambda b, h: capture_factors(base_params, cfg, b, layers,
+    pos = editor.factor_positions
+    pre_loss, factors, h_edit = jax.vmap(lambda b, h: capture_factors(base_params, cfg, b, layers, positions=pos,
                                                                       return_hidden=True, hidden=h))(
         batch.edit, None if hidden is None else hidden.edit)
     if update_stats and editor.norm:
@@ -187,7 +188,8 @@ def meta_forward(editor: Editor, cfg, hp: StepHParams, base_params, eparams, sta
     def loss_fn(ep):
         edits = problem_edits(editor, ep, stats, factors, hp.rows)
         for _ in range(hp.edit_steps - 1):  # further editor steps from the factors at the weights edited so far
-            _, more = jax.vmap(lambda b, h, e: capture_factors(base_params, cfg, b, layers, hidden=h, edits=e))(
+            _, more = jax.vmap(lambda b, h, e: capture_factors(base_params, cfg, b, layers, hidden=h, edits=e,
+                                                                    positions=pos))(
                 batch.edit, h_edit, edits)
             edits = jax.vmap(merge_edits)(edits, problem_edits(editor, ep, stats, more, hp.rows))
         prompt = (batch.edit, h_edit) if hp.edit_on_prompt else (None, None)  # None: no prompt term
