@@ -13,6 +13,7 @@ it has one), optionally ``rank@scale@steps`` to apply the editor ``steps`` times
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -36,6 +37,8 @@ def main():
     ap.add_argument("--edits-at-once", type=int, default=1)
     ap.add_argument("--projection-inputs", type=int, default=1024)
     ap.add_argument("--grid", default="0@1;16@1", help="rank@scale;rank@scale;...")
+    ap.add_argument("--factor-positions", choices=["all", "target"], default=None,
+                    help="token rows of the edit's factors the editor is given (default: as trained)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -54,10 +57,12 @@ def main():
             editors[r, w] = transformed_editor(args.editor, model, editor, tcfg, project_out=r, whiten=w,
                                                n_inputs=args.projection_inputs)
         ed = editors[r, w]
+        if args.factor_positions is not None:
+            ed = dataclasses.replace(ed, factor_positions=args.factor_positions)
         t0 = time.time()
         res = evaluate(model, dev, editor=ed, eparams=scaled_step_sizes(params, s), stats=stats, progress=False,
                        edits_at_once=args.edits_at_once, edit_steps=steps)
-        row = {"rank": r, "scale": s, "edit_steps": steps, "whiten": w, **{k: res["mend"][k] for k in (
+        row = {"rank": r, "scale": s, "edit_steps": steps, "whiten": w, "factor_positions": ed.factor_positions, **{k: res["mend"][k] for k in (
             "reliability_token", "reliability_exact", "generalization_token", "generalization_exact",
             "locality_token", "locality_whole")}}
         results.append(row)

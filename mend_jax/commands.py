@@ -1,6 +1,8 @@
 """CLI glue for ``eval``, ``edit`` and ``demo`` (the algorithms live elsewhere)."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import time
 from pathlib import Path
@@ -92,6 +94,10 @@ def _transform_args(p) -> None:
                    help="unrelated training inputs the directions of --project-out / --whiten are measured on")
     p.add_argument("--edit-scale", type=float, default=1.0,
                    help="multiply the editor's learned step sizes (tune on dev records; 1: as trained)")
+    p.add_argument("--factor-positions", choices=["all", "target"], default=None,
+                   help="token rows of an edit's factors the editor is given: all (MEND) or only the positions "
+                        "whose logits predict a target token (default: as the editor was trained, `mend-jax train "
+                        "--factor-positions`)")
     p.add_argument("--edit-steps", type=int, default=None,
                    help="apply the editor this many times per edit, each time to the factors at the weights edited "
                         "so far (editing/edit.py iterated_mend_edits; 1: MEND as in the paper; default: as many "
@@ -118,6 +124,8 @@ def _transformed_editor(args, model, editor, params, meta):
                                 project_out=args.project_out, whiten=args.whiten, n_inputs=args.projection_inputs)
     if args.edit_scale != 1.0:
         params = scaled_step_sizes(params, args.edit_scale)
+    if args.factor_positions is not None:
+        editor = dataclasses.replace(editor, factor_positions=args.factor_positions)
     return editor, params
 
 
@@ -140,7 +148,7 @@ def cmd_eval(args) -> int:
                 "project_out": args.project_out, "whiten": args.whiten,
                 "projection_inputs": args.projection_inputs if (args.project_out or args.whiten) else 0,
                 "edit_scale": args.edit_scale, "edit_steps": args.edit_steps,
-                "seconds": time.time() - t0})
+                "factor_positions": editor.factor_positions, "seconds": time.time() - t0})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2))
     for m in ("unedited", "mend", "finetune"):

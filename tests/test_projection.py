@@ -156,10 +156,13 @@ def test_eval_with_the_projection_measures_training_inputs_once_and_reports_its_
     editor, params = _transformed_editor(parsed, *loaded[:3], loaded[4])
     assert editor.name.endswith("+projection+whitening")
     np.testing.assert_allclose(params["edit_lrs"], loaded[2]["edit_lrs"] * 2.0)
+    assert editor.factor_positions == "all"  # as trained, unless --factor-positions says otherwise
+    parsed = build_parser().parse_args(args + ["--factor-positions", "target", "--json", "unused.json"])
+    assert _transformed_editor(parsed, *loaded[:3], loaded[4])[0].factor_positions == "target"
     plain = tmp_path / "plain.json"
     assert main(args[:-6] + ["--json", str(plain)]) == 0
     res = json.loads(plain.read_text())
-    assert (res["project_out"], res["trained_project_out"]) == (0, 0)
+    assert (res["project_out"], res["trained_project_out"], res["factor_positions"]) == (0, 0, "all")
 
 
 def test_training_with_the_projection_saves_its_bases_and_every_loader_applies_them(tiny_lm, tmp_path):
