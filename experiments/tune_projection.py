@@ -8,7 +8,9 @@ directions are measured once, on unrelated inputs of the editor's *training* rec
 ``--grid``: ``rank@scale`` pairs separated by ``;`` (rank 0: the editor as trained, with its trained projection if
 it has one), optionally ``rank@scale@steps`` to apply the editor ``steps`` times per edit
 (``mend_jax.editing.edit.iterated_mend_edits``; default: as many as the editor was trained with, 1 for MEND), and
-``rank@scale@steps@whiten`` to also whiten the pseudo-inputs at that strength (``whitening_maps``; 0: off).
+``rank@scale@steps@whiten`` to also whiten the pseudo-inputs at that strength (``whitening_maps``; 0: off), and
+``rank@scale@steps@whiten@margin`` for adaptive steps (``iterated_mend_edits(until_margin=margin)``: ``steps``
+is then the most, and a further step takes only the edits that do not hold on their prompt by ``margin`` logits).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def main():
         r, s = int(parts[0]), float(parts[1])
         steps = int(parts[2]) if len(parts) > 2 else tcfg.edit_steps  # default: as the editor was trained
         w = float(parts[3]) if len(parts) > 3 else 0.0
+        margin = float(parts[4]) if len(parts) > 4 else None
         if (r, w) not in editors:
             editors[r, w] = transformed_editor(args.editor, model, editor, tcfg, project_out=r, whiten=w,
                                                n_inputs=args.projection_inputs)
@@ -61,12 +64,13 @@ def main():
             ed = dataclasses.replace(ed, factor_positions=args.factor_positions)
         t0 = time.time()
         res = evaluate(model, dev, editor=ed, eparams=scaled_step_sizes(params, s), stats=stats, progress=False,
-                       edits_at_once=args.edits_at_once, edit_steps=steps)
-        row = {"rank": r, "scale": s, "edit_steps": steps, "whiten": w, "factor_positions": ed.factor_positions, **{k: res["mend"][k] for k in (
+                       edits_at_once=args.edits_at_once, edit_steps=steps, edit_until_margin=margin)
+        row = {"rank": r, "scale": s, "edit_steps": steps, "whiten": w, "until_margin": margin,
+               "factor_positions": ed.factor_positions, **{k: res["mend"][k] for k in (
             "reliability_token", "reliability_exact", "generalization_token", "generalization_exact",
             "locality_token", "locality_whole")}}
         results.append(row)
-        print(f"rank {r:4d} scale {s:5.2f} steps {steps} whiten {w:g}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
+        print(f"rank {r:4d} scale {s:5.2f} steps {steps} whiten {w:g} margin {margin}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
               f" loc {row['locality_token']:.3f}/{row['locality_whole']:.3f}  ({time.time() - t0:.0f} s)", flush=True)
         if args.json:  # written after every point: a long grid can be stopped at any time
             with open(args.json, "w") as fh:

@@ -102,6 +102,10 @@ def _transform_args(p) -> None:
                    help="apply the editor this many times per edit, each time to the factors at the weights edited "
                         "so far (editing/edit.py iterated_mend_edits; 1: MEND as in the paper; default: as many "
                         "as the editor was trained with, `mend-jax train --edit-steps`)")
+    p.add_argument("--edit-until-margin", type=float, default=None, metavar="M",
+                   help="adaptive editor steps: the steps after the first take only the edits whose target does "
+                        "not yet lead every other token by M logits on the edit's own prompt, and stop once all "
+                        "do (--edit-steps is then the most; editing/edit.py iterated_mend_edits; default: off)")
 
 
 def _load(args, editor_dir):
@@ -141,13 +145,15 @@ def cmd_eval(args) -> int:
     ft = None if args.no_finetune else FineTuneConfig(args.finetune_lr, args.finetune_steps)
     t0 = time.time()
     res = evaluate(model, records, editor=editor, eparams=params, stats=stats, edits_at_once=args.edits_at_once,
-                   finetune_cfg=ft, per_record=args.per_record, edit_steps=args.edit_steps)
+                   finetune_cfg=ft, per_record=args.per_record, edit_steps=args.edit_steps,
+                   edit_until_margin=args.edit_until_margin)
     res.update({"data": args.data, "file": args.file, "records": args.records, "indices": args.indices,
                 "editor": str(args.editor), "editor_step": int(meta["step"]), "model": model.name,
                 "trained_project_out": int(meta["config"].get("project_out", 0)),  # part of the trained editor
                 "project_out": args.project_out, "whiten": args.whiten,
                 "projection_inputs": args.projection_inputs if (args.project_out or args.whiten) else 0,
                 "edit_scale": args.edit_scale, "edit_steps": args.edit_steps,
+                "edit_until_margin": args.edit_until_margin,
                 "factor_positions": editor.factor_positions, "seconds": time.time() - t0})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2))
@@ -162,9 +168,9 @@ def cmd_eval(args) -> int:
 
 
 def show_edit(model, editor, params, stats, prompt, target, rephrase, unrelated, max_new_tokens, journal=None,
-              edit_steps=1):
+              edit_steps=1, edit_until_margin=None):
     from mend_jax.api import EditSession
-    session = EditSession(model, editor, params, stats, edit_steps=edit_steps)
+    session = EditSession(model, editor, params, stats, edit_steps=edit_steps, edit_until_margin=edit_until_margin)
     probes = [("prompt", prompt)] + ([("rephrase", rephrase)] if rephrase else []) + [("unrelated", unrelated)]
     before = {k: session.generate(p, max_new_tokens) for k, p in probes}
     rec = session.edit([prompt], [target])
@@ -184,7 +190,7 @@ def cmd_edit(args) -> int:
     model, editor, params, stats, meta = _load(args, args.editor)
     editor, params = _transformed_editor(args, model, editor, params, meta)
     show_edit(model, editor, params, stats, args.prompt, args.target, args.rephrase, args.unrelated,
-              args.max_new_tokens, args.journal, edit_steps=args.edit_steps)
+              args.max_new_tokens, args.journal, edit_steps=args.edit_steps, edit_until_margin=args.edit_until_margin)
     return 0
 
 

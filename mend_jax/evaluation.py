@@ -93,11 +93,14 @@ def _dense_as_params(base_params, deltas):
 
 def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=None, stats=None,
              edits_at_once: int = 1, finetune_cfg: FineTuneConfig | None = None, progress: bool = True,
-             seed: int = 0, per_record: bool = False, edit_steps: int = 1) -> dict:
+             seed: int = 0, per_record: bool = False, edit_steps: int = 1,
+             edit_until_margin: float | None = None) -> dict:
     """Evaluate on ``records`` (``EditRecord``); returns a JSON-able dict with per-method aggregate metrics, and
     with ``per_record`` also every record's values (``out["per_record"]``: the records' ``index`` and, per method,
     one list per metric in the same order) for looking at which edits fail. ``edit_steps``: the editor applied
-    that many times per edit group (:func:`mend_jax.editing.edit.iterated_mend_edits`; 1 = MEND)."""
+    that many times per edit group (:func:`mend_jax.editing.edit.iterated_mend_edits`; 1 = MEND), at most, with
+    ``edit_until_margin``: the further steps only for the edits that do not hold yet on their own prompt by that
+    many logits (``iterated_mend_edits(until_margin=...)``)."""
     from tqdm import tqdm
     if editor is not None and editor.norm and not stats_initialised(stats):
         raise MendJaxError("the editor's normalisation statistics are not initialised (no training edit was seen): "
@@ -129,7 +132,8 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
         variants = {"unedited": (model.params, {})}
         if editor is not None:
             variants["mend"] = (model.params, iterated_mend_edits(editor, cfg, model.params, eparams, stats, edit_b,
-                                                                  steps=edit_steps, rows=edit_row_bucket(edit_b)))
+                                                                  steps=edit_steps, rows=edit_row_bucket(edit_b),
+                                                                  until_margin=edit_until_margin))
         if finetune_cfg:
             deltas = finetune(model.params, cfg, edit_b, tuple(layers), finetune_cfg.lr, finetune_cfg.steps)
             variants["finetune"] = (_dense_as_params(model.params, deltas), {})
@@ -146,7 +150,8 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
             add(m, "locality_whole", ((same * tmask).sum(-1) == tmask.sum(-1)).astype(np.float64))
             add(m, "loc_acc_token", post["loc"][1])
             add(m, "loc_acc_exact", post["loc"][2])
-    out = {"n_records": len(groups) * k, "edits_at_once": k, "edited_layers": list(layers), "edit_steps": edit_steps}
+    out = {"n_records": len(groups) * k, "edits_at_once": k, "edited_layers": list(layers), "edit_steps": edit_steps,
+           "edit_until_margin": edit_until_margin}
     for m in methods:
         res = {key: float(np.mean(v)) for key, v in acc[m].items()}
         base = {key: float(np.mean(v)) for key, v in acc["unedited"].items()}

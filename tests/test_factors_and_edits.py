@@ -316,6 +316,57 @@ def test_iterated_identity_editor_is_gradient_descent_and_one_step_is_mend():
         iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=0)
 
 
+def test_adaptive_steps_take_rows_only_from_the_edits_that_do_not_hold_yet():
+    """``iterated_mend_edits(until_margin=M)``: a margin no edit reaches is the plain iteration; a margin every
+    edit reaches after step 1 stops there (= ``mend_edits``); in between, step 2 is the gradient step of the
+    examples that do not hold alone (identity editor), and the held examples' rows are left out. Margins are the
+    prompt's own target tokens' logit minus the best other, from the factors' forward pass."""
+    from mend_jax.editing import edit_row_bucket, iterated_mend_edits, mend_edits
+    from mend_jax.editing.edit import target_margins, unheld_mend_edits
+    from mend_jax.errors import MendJaxError
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    batch = make_batch(cfg, b=3)
+    layers = edit_layers(cfg)
+    editor = identity_editor(EditorSpec.from_model(family_for(cfg).linear_layers(cfg), layers), edit_lr=0.5)
+    ep, es = editor.init(jax.random.key(0))
+    rows = edit_row_bucket(batch)
+    dense = lambda edits: {n: np.asarray(edits[n].dense()) for n in layers}  # noqa: E731
+
+    step1 = mend_edits(editor, cfg, params, ep, es, batch, rows=rows)
+    edited = apply_edits(params, step1)
+    logits = family_for(cfg).forward(edited, cfg, batch.input_ids, batch.attention_mask, logits_at=batch.target_pos)
+    margins = np.asarray(target_margins(logits, batch))
+    manual = np.array([min(float(logits[i, j, batch.target_ids[i, j]]) -
+                           float(np.max(np.delete(np.asarray(logits[i, j]), int(batch.target_ids[i, j]))))
+                           for j in range(int(batch.target_mask[i].sum()))) for i in range(3)])
+    np.testing.assert_allclose(margins, manual, rtol=1e-5, atol=1e-5)
+    assert len(set(np.round(margins, 4))) == 3, "the test needs three different margins"
+
+    plain = dense(iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=3, rows=rows))
+    never = dense(iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=3, rows=rows, until_margin=1e6))
+    for n in layers:
+        np.testing.assert_allclose(never[n], plain[n], rtol=1e-5, atol=1e-7)
+    held = dense(iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=3, rows=rows,
+                                     until_margin=float(margins.min()) - 1.0))
+    for n in layers:
+        np.testing.assert_array_equal(held[n], np.asarray(step1[n].dense()))
+
+    cut = float(np.sort(margins)[1:].mean())  # the example with the largest margin holds, the other two do not
+    unheld_ref = margins < cut
+    assert unheld_ref.sum() == 2
+    two = dense(iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=2, rows=rows, until_margin=cut))
+    _, unheld = unheld_mend_edits(editor, cfg, edited, ep, es, batch, cut, rows=rows)
+    np.testing.assert_array_equal(np.asarray(unheld), unheld_ref)
+    sub = jax.tree.map(lambda x: x[np.flatnonzero(unheld_ref)], batch)
+    f, _ = loss_wrt_kernels(edited, cfg, sub, layers)
+    g = jax.grad(f)({n: get_module(edited, n)["kernel"] for n in layers})
+    for n in layers:
+        np.testing.assert_allclose(two[n], np.asarray(step1[n].dense()) - 0.5 * np.asarray(g[n]), rtol=1e-4, atol=1e-6)
+    with pytest.raises(MendJaxError, match="margin must be a finite"):
+        iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=2, until_margin=float("nan"))
+
+
 def test_step_sizes_scale_with_the_number_of_edits_when_the_editor_learns_their_exponent():
     """``edit_lr_k_power``: k edits at once take the step ``alpha_l * k**p_l``; without it (the paper) one step
     size for every k. An example without target tokens (bucket padding) is not an edit."""

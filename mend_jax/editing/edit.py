@@ -10,7 +10,9 @@ update is ``einsum("ri,ro->io", u~, delta~)`` for all of them.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from typing import Mapping
 
 import jax
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 from mend_jax.editing.batch import TokenBatch
 from mend_jax.editing.editor import Editor, step_sizes
 from mend_jax.editing.factors import Factors, capture_factors
+from mend_jax.editing.losses import argmax_margin
 from mend_jax.errors import MendJaxError
 from mend_jax.models import LowRankEdit, get_module, replace_module
 
@@ -81,19 +84,56 @@ def mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapping, stat
     return compute_edits(editor, eparams, stats, factors, rows=rows)
 
 
+def target_margins(logits_at_targets: jax.Array, batch: TokenBatch) -> jax.Array:
+    """Per edit example [B]: the smallest, over its real target tokens, logit of the target token minus the
+    largest logit of any other token (> 0: every target token is the argmax, i.e. the edit holds exactly)."""
+    m = argmax_margin(logits_at_targets.astype(jnp.float32), batch.target_ids)
+    return jnp.where(batch.target_mask > 0, m, jnp.inf).min(-1)
+
+
+@functools.partial(jax.jit, static_argnames=("editor", "cfg", "rows"))
+def unheld_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapping, stats: Mapping,
+                      batch: TokenBatch, margin, rows: int | None = None):
+    """:func:`mend_edits` from the rows of the examples whose edit does not hold yet at ``base_params`` (some
+    target token leads the runner-up by less than ``margin`` logits, :func:`target_margins`); the other
+    examples give no rows. Returns ``(edits, unheld [B] bool)``; the margins come from the same forward pass as
+    the factors."""
+    _, factors, logits = capture_factors(base_params, cfg, batch, editor.spec.layers,
+                                         positions=editor.factor_positions, return_logits=True)
+    unheld = target_margins(logits, batch) < margin
+    factors = dataclasses.replace(factors, mask={n: m * unheld[:, None] for n, m in factors.mask.items()})
+    return compute_edits(editor, eparams, stats, factors, rows=rows), unheld
+
+
 def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapping, stats: Mapping,
-                        batch: TokenBatch, steps: int = 1, rows: int | None = None) -> dict[str, LowRankEdit]:
+                        batch: TokenBatch, steps: int = 1, rows: int | None = None,
+                        until_margin: float | None = None) -> dict[str, LowRankEdit]:
     """``steps`` editor steps on one edit batch: step 1 is MEND's edit (:func:`mend_edits`); each further step
     takes the factors of the same batch at the weights edited so far and adds the editor's update of them (the
     rows of all steps merged into one low-rank edit, each step's size folded in). ``steps=1`` is exactly
     :func:`mend_edits`. An option beyond the paper (which applies the editor once): the later steps see the
-    gradient of what the first step left unfit, typically one wrong token of a multi-token target."""
+    gradient of what the first step left unfit, typically one wrong token of a multi-token target.
+
+    ``until_margin`` (adaptive steps, also beyond the paper): a further step takes rows only from the edit
+    examples whose edit does not hold yet, every target token of the example's own prompt leading the runner-up
+    by at least ``until_margin`` logits at the weights edited so far (checked again before every step, so an
+    example that a later step of other edits undid takes part again); the steps stop early once every edit
+    holds. The editor normalises its inputs, so a further step is about as large as the first however small the
+    gradient left: without this rule an edit that already holds is pushed on, which costs unrelated inputs."""
     if steps < 1:
         raise MendJaxError(f"edit steps must be >= 1, not {steps}")
+    if until_margin is not None and not math.isfinite(until_margin):
+        raise MendJaxError(f"the adaptive steps' margin must be a finite number of logits, not {until_margin}")
     edits = mend_edits(editor, cfg, base_params, eparams, stats, batch, rows=rows)
     for _ in range(steps - 1):
         edited = with_kernels(base_params, _edited_kernels_jit(base_params, edits))
-        edits = merge_edits(edits, mend_edits(editor, cfg, edited, eparams, stats, batch, rows=rows))
+        if until_margin is None:
+            more = mend_edits(editor, cfg, edited, eparams, stats, batch, rows=rows)
+        else:
+            more, unheld = unheld_mend_edits(editor, cfg, edited, eparams, stats, batch, until_margin, rows=rows)
+            if not bool(jnp.any(unheld)):
+                break
+        edits = merge_edits(edits, more)
     return edits
 
 

@@ -37,18 +37,20 @@ class Factors:
 jax.tree_util.register_dataclass(Factors, data_fields=["u", "delta", "mask"], meta_fields=[])
 
 
-def edit_loss_fn(params, cfg, batch: TokenBatch, hooks: LinearHooks, first_layer: int = 0, hidden=None):
+def edit_loss_fn(params, cfg, batch: TokenBatch, hooks: LinearHooks, first_layer: int = 0, hidden=None,
+                 return_logits: bool = False):
     """The loss whose gradient an edit batch's factors are: the **sum over its edit examples of each example's
     token-mean target NLL**. For one edit this is MEND's masked NLL; for k edits at once, every example's factors
     are exactly those it has when edited alone, so the batched update is the sum of the k single-edit updates
     ([P] §5.3). The original code takes one token-mean over the whole batch instead, which shrinks every edit's
-    ``delta`` by about 1/k (see ``mend_spec.md`` §1.1) and makes an editor's edits k times weaker in a batch."""
+    ``delta`` by about 1/k (see ``mend_spec.md`` §1.1) and makes an editor's edits k times weaker in a batch.
+    ``return_logits``: ``(loss, logits at the target positions [B, K, V])``."""
     fam = family_for(cfg)
     logits = fam.forward(params, cfg, batch.input_ids, batch.attention_mask, hooks=hooks,
                          logits_at=batch.target_pos, first_layer=first_layer, hidden=hidden)
     per_edit = jax.vmap(lambda lg, t, m: masked_nll(lg[None], t[None], m[None]))(
         logits, batch.target_ids, batch.target_mask)
-    return per_edit.sum()
+    return (per_edit.sum(), logits) if return_logits else per_edit.sum()
 
 
 FACTOR_POSITIONS = ("all", "target")
@@ -62,7 +64,7 @@ def target_positions_mask(batch: TokenBatch) -> jax.Array:
 
 
 def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], return_hidden: bool = False,
-                    hidden=None, edits=None, positions: str = "all"):
+                    hidden=None, edits=None, positions: str = "all", return_logits: bool = False):
     """``(loss, factors)``: the edit loss (per edit example the token-mean NLL of its targets, summed over the
     examples: see :func:`edit_loss_fn`) and the factors of ``layers``. Pure; jit it with ``cfg`` static.
 
@@ -72,6 +74,8 @@ def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], retur
     computed earlier (e.g. ``training.frozen_cache``), [B, T, D]; the frozen blocks are then not run at all.
     ``edits``: low-rank edits ({layer: LowRankEdit}) applied in the forward pass: the factors are then those at the
     edited weights (a further editor step, see ``editing.edit.iterated_mend_edits``); gradient-stopped.
+    ``return_logits``: also return the edit batch's logits at its target positions [B, K, V] (after the hidden
+    state if both are asked for), e.g. to see which edits already hold (``editing.edit.target_margins``).
     ``positions``: which token rows the factors keep: ``"all"`` (MEND: every real token, the prompt's too, whose
     ``u`` and ``delta`` are non-zero) or ``"target"`` (only the positions whose logits predict a target token: the
     prompt's other positions, whose inputs unrelated prompts share most, give no rows; an option beyond the paper,
@@ -95,10 +99,10 @@ def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], retur
 
     def f(taps):
         hooks = LinearHooks(taps=taps, edits=edits)
-        loss = edit_loss_fn(params, cfg, batch, hooks, first_layer=first, hidden=hidden)
-        return loss, hooks.captured
+        loss, logits = edit_loss_fn(params, cfg, batch, hooks, first_layer=first, hidden=hidden, return_logits=True)
+        return loss, (hooks.captured, logits)
 
-    loss, vjp_fn, u = jax.vjp(f, taps, has_aux=True)
+    loss, vjp_fn, (u, logits) = jax.vjp(f, taps, has_aux=True)
     (delta,) = vjp_fn(jnp.ones_like(loss))
     u = {n: jax.lax.stop_gradient(u[n]).astype(jnp.float32) for n in layers}
     delta = {n: jax.lax.stop_gradient(delta[n]).astype(jnp.float32) for n in layers}
@@ -106,6 +110,6 @@ def capture_factors(params, cfg, batch: TokenBatch, layers: Sequence[str], retur
     if positions == "target":
         real = real & (target_positions_mask(batch) > 0)
     mask = {n: (real & jnp.any(u[n] != 0, -1) & jnp.any(delta[n] != 0, -1)).astype(jnp.float32) for n in layers}
-    if return_hidden:
-        return loss, Factors(u, delta, mask), hidden
-    return loss, Factors(u, delta, mask)
+    out = (loss, Factors(u, delta, mask)) + ((hidden,) if return_hidden else ()) + \
+        ((jax.lax.stop_gradient(logits),) if return_logits else ())
+    return out
