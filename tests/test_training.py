@@ -459,7 +459,7 @@ def test_two_editor_steps_in_training_are_the_iterated_edit_of_evaluation(tiny_l
 def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tmp_path):
     """``mend-jax train --edit-steps 2``: the run's config keeps it; ``mend-jax eval`` and
     ``EditSession.from_pretrained`` then apply the editor twice unless told otherwise (``--edit-steps 1``), and
-    the results file says how many steps were applied."""
+    the results file says how many steps were applied (and the adaptive steps' margin, ``--edit-until-margin``)."""
     import dataclasses
 
     from mend_jax.api import EditSession
@@ -477,6 +477,11 @@ def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tm
     a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
     assert (a["edit_steps"], b["edit_steps"]) == (2, 1)
     assert a["mend"] != b["mend"]
+    # adaptive steps with a margin every edit already has after the first step: the second step is skipped
+    assert main(args + ["--edit-until-margin", "-1000", "--json", str(tmp_path / "c.json")]) == 0
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert (c["edit_steps"], c["edit_until_margin"], b["edit_until_margin"]) == (2, -1000.0, None)
+    assert c["mend"] == b["mend"]
     assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest").edit_steps == 2
     assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest",
                                        edit_steps=1).edit_steps == 1
