@@ -68,10 +68,11 @@ def main():
         row = {"rank": r, "scale": s, "edit_steps": steps, "whiten": w, "until_margin": margin,
                "factor_positions": ed.factor_positions, **{k: res["mend"][k] for k in (
             "reliability_token", "reliability_exact", "generalization_token", "generalization_exact",
-            "locality_token", "locality_whole")}}
+            "locality_token", "locality_whole", "editor_steps")}}
         results.append(row)
         print(f"rank {r:4d} scale {s:5.2f} steps {steps} whiten {w:g} margin {margin}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
-              f" loc {row['locality_token']:.3f}/{row['locality_whole']:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+              f" loc {row['locality_token']:.3f}/{row['locality_whole']:.3f} editor steps {row['editor_steps']:.2f}"
+              f"  ({time.time() - t0:.0f} s)", flush=True)
         if args.json:  # written after every point: a long grid can be stopped at any time
             with open(args.json, "w") as fh:
                 json.dump({"editor": args.editor, "which": args.which, "step": int(meta["step"]), "data": args.data,

@@ -162,7 +162,8 @@ def cmd_eval(args) -> int:
             r = res[m]
             print(f"{m:9s} rel {r['reliability_token']:.3f}/{r['reliability_exact']:.3f}  "
                   f"gen {r['generalization_token']:.3f}/{r['generalization_exact']:.3f}  "
-                  f"loc {r['locality_token']:.3f}/{r['locality_whole']:.3f}  drawdown {r['drawdown_token']:.3f}")
+                  f"loc {r['locality_token']:.3f}/{r['locality_whole']:.3f}  drawdown {r['drawdown_token']:.3f}"
+                  + (f"  editor steps {r['editor_steps']:.2f}" if "editor_steps" in r else ""))
     print(json.dumps({k: res[k] for k in ("n_records", "edits_at_once", "seconds")}))
     return 0
 

@@ -131,9 +131,12 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
         pre = {name: score_targets(model.params, cfg, b, hid[name], {}, first) for name, b in batches.items()}
         variants = {"unedited": (model.params, {})}
         if editor is not None:
-            variants["mend"] = (model.params, iterated_mend_edits(editor, cfg, model.params, eparams, stats, edit_b,
-                                                                  steps=edit_steps, rows=edit_row_bucket(edit_b),
-                                                                  until_margin=edit_until_margin))
+            rows = edit_row_bucket(edit_b)
+            edits = iterated_mend_edits(editor, cfg, model.params, eparams, stats, edit_b, steps=edit_steps,
+                                        rows=rows, until_margin=edit_until_margin)
+            variants["mend"] = (model.params, edits)
+            # every step adds `rows` rows per layer: how many steps this group took (fewer with adaptive steps)
+            add("mend", "editor_steps", [next(iter(edits.values())).a.shape[0] // rows] * len(group))
         if finetune_cfg:
             deltas = finetune(model.params, cfg, edit_b, tuple(layers), finetune_cfg.lr, finetune_cfg.steps)
             variants["finetune"] = (_dense_as_params(model.params, deltas), {})

@@ -482,6 +482,7 @@ def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tm
     c = json.loads((tmp_path / "c.json").read_text())
     assert (c["edit_steps"], c["edit_until_margin"], b["edit_until_margin"]) == (2, -1000.0, None)
     assert c["mend"] == b["mend"]
+    assert (a["mend"]["editor_steps"], c["mend"]["editor_steps"]) == (2.0, 1.0)
     assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest").edit_steps == 2
     assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest",
                                        edit_steps=1).edit_steps == 1
