@@ -124,15 +124,13 @@ def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapp
         raise MendJaxError(f"edit steps must be >= 1, not {steps}")
     if until_margin is not None and not math.isfinite(until_margin):
         raise MendJaxError(f"the adaptive steps' margin must be a finite number of logits, not {until_margin}")
+    margin = jnp.inf if until_margin is None else until_margin  # no margin: no edit ever holds, every step runs
     edits = mend_edits(editor, cfg, base_params, eparams, stats, batch, rows=rows)
     for _ in range(steps - 1):
         edited = with_kernels(base_params, _edited_kernels_jit(base_params, edits))
-        if until_margin is None:
-            more = mend_edits(editor, cfg, edited, eparams, stats, batch, rows=rows)
-        else:
-            more, unheld = unheld_mend_edits(editor, cfg, edited, eparams, stats, batch, until_margin, rows=rows)
-            if not bool(jnp.any(unheld)):
-                break
+        more, unheld = unheld_mend_edits(editor, cfg, edited, eparams, stats, batch, margin, rows=rows)
+        if not bool(jnp.any(unheld)):
+            break
         edits = merge_edits(edits, more)
     return edits
 
