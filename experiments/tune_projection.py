@@ -10,7 +10,9 @@ it has one), optionally ``rank@scale@steps`` to apply the editor ``steps`` times
 (``mend_jax.editing.edit.iterated_mend_edits``; default: as many as the editor was trained with, 1 for MEND), and
 ``rank@scale@steps@whiten`` to also whiten the pseudo-inputs at that strength (``whitening_maps``; 0: off), and
 ``rank@scale@steps@whiten@margin`` for adaptive steps (``iterated_mend_edits(until_margin=margin)``: ``steps``
-is then the most, and a further step takes only the edits that do not hold on their prompt by ``margin`` logits).
+is then the most, and a further step takes only the edits that do not hold on their prompt by ``margin`` logits),
+and ``rank@scale@steps@whiten@margin@layers`` to multiply single layers' step sizes further (``layers``:
+``PATTERN=S`` pairs separated by ``/``, as ``mend-jax eval --layer-scale``, e.g. ``model.layers.29.*=0``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import json
 import time
 
 from mend_jax.checkpoints import load_editor
+from mend_jax.commands import layer_scales
 from mend_jax.data import load_records
 from mend_jax.editing.projection import scaled_step_sizes, transformed_editor
 from mend_jax.evaluation import evaluate
@@ -41,6 +44,8 @@ def main():
     ap.add_argument("--grid", default="0@1;16@1", help="rank@scale;rank@scale;...")
     ap.add_argument("--factor-positions", choices=["all", "target"], default=None,
                     help="token rows of the edit's factors the editor is given (default: as trained)")
+    ap.add_argument("--edit-max-rank", type=int, default=None,
+                    help="every point: each layer's edit cut to this rank after every step (default: off)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -55,7 +60,8 @@ def main():
         r, s = int(parts[0]), float(parts[1])
         steps = int(parts[2]) if len(parts) > 2 else tcfg.edit_steps  # default: as the editor was trained
         w = float(parts[3]) if len(parts) > 3 else 0.0
-        margin = float(parts[4]) if len(parts) > 4 else None
+        margin = float(parts[4]) if len(parts) > 4 and parts[4] != "" else None
+        scales = layer_scales(parts[5].split("/")) if len(parts) > 5 and parts[5] else {}
         if (r, w) not in editors:
             editors[r, w] = transformed_editor(args.editor, model, editor, tcfg, project_out=r, whiten=w,
                                                n_inputs=args.projection_inputs)
@@ -63,14 +69,17 @@ def main():
         if args.factor_positions is not None:
             ed = dataclasses.replace(ed, factor_positions=args.factor_positions)
         t0 = time.time()
-        res = evaluate(model, dev, editor=ed, eparams=scaled_step_sizes(params, s), stats=stats, progress=False,
-                       edits_at_once=args.edits_at_once, edit_steps=steps, edit_until_margin=margin)
+        eparams = scaled_step_sizes(params, s, layer_scales=scales, layers=ed.spec.layers)
+        res = evaluate(model, dev, editor=ed, eparams=eparams, stats=stats, progress=False,
+                       edits_at_once=args.edits_at_once, edit_steps=steps, edit_until_margin=margin,
+                       edit_max_rank=args.edit_max_rank)
         row = {"rank": r, "scale": s, "edit_steps": steps, "whiten": w, "until_margin": margin,
+               "layer_scales": scales, "edit_max_rank": args.edit_max_rank,
                "factor_positions": ed.factor_positions, **{k: res["mend"][k] for k in (
             "reliability_token", "reliability_exact", "generalization_token", "generalization_exact",
             "locality_token", "locality_whole", "editor_steps")}}
         results.append(row)
-        print(f"rank {r:4d} scale {s:5.2f} steps {steps} whiten {w:g} margin {margin}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
+        print(f"rank {r:4d} scale {s:5.2f} steps {steps} whiten {w:g} margin {margin} layers {scales or '-'}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
               f" loc {row['locality_token']:.3f}/{row['locality_whole']:.3f} editor steps {row['editor_steps']:.2f}"
               f"  ({time.time() - t0:.0f} s)", flush=True)
         if args.json:  # written after every point: a long grid can be stopped at any time
@@ -78,6 +87,7 @@ def main():
                 json.dump({"editor": args.editor, "which": args.which, "step": int(meta["step"]), "data": args.data,
                            "records": args.records, "edits_at_once": args.edits_at_once,
                            "projection_inputs": args.projection_inputs,
+                           "edit_max_rank": args.edit_max_rank,
                            "results": results}, fh, indent=2)
 
 

@@ -94,6 +94,9 @@ def _transform_args(p) -> None:
                    help="unrelated training inputs the directions of --project-out / --whiten are measured on")
     p.add_argument("--edit-scale", type=float, default=1.0,
                    help="multiply the editor's learned step sizes (tune on dev records; 1: as trained)")
+    p.add_argument("--layer-scale", action="append", default=[], metavar="PATTERN=S",
+                   help="multiply the step sizes of the edited layers whose names match PATTERN (fnmatch, e.g. "
+                        "'model.layers.29.*=0': the last block left unedited) by S as well; repeatable")
     p.add_argument("--factor-positions", choices=["all", "target"], default=None,
                    help="token rows of an edit's factors the editor is given: all (MEND) or only the positions "
                         "whose logits predict a target token (default: as the editor was trained, `mend-jax train "
@@ -102,6 +105,9 @@ def _transform_args(p) -> None:
                    help="apply the editor this many times per edit, each time to the factors at the weights edited "
                         "so far (editing/edit.py iterated_mend_edits; 1: MEND as in the paper; default: as many "
                         "as the editor was trained with, `mend-jax train --edit-steps`)")
+    p.add_argument("--edit-max-rank", type=int, default=None, metavar="K",
+                   help="cut each edited layer's update to its best rank-K approximation after every editor step "
+                        "(editing/edit.py truncated_edits; default: off, one row per token as in MEND)")
     p.add_argument("--edit-until-margin", type=float, default=None, metavar="M",
                    help="adaptive editor steps: the steps after the first take only the edits whose target does "
                         "not yet lead every other token by M logits on the edit's own prompt, and stop once all "
@@ -119,6 +125,20 @@ def _load(args, editor_dir):
     return model, editor, params, stats, meta
 
 
+def layer_scales(specs: list[str]) -> dict[str, float]:
+    """``--layer-scale PATTERN=S`` (repeatable) as ``{PATTERN: S}``."""
+    out = {}
+    for spec in specs:
+        pattern, sep, value = spec.rpartition("=")
+        try:
+            out[pattern] = float(value)
+        except ValueError:
+            sep = ""
+        if not (sep and pattern):
+            raise MendJaxError(f"--layer-scale {spec!r}: write PATTERN=S, e.g. 'model.layers.29.*=0'")
+    return out
+
+
 def _transformed_editor(args, model, editor, params, meta):
     """--project-out / --whiten / --edit-scale: the trained editor composed with the projection and the whitening
     of its pseudo-inputs, its step sizes scaled."""
@@ -126,8 +146,9 @@ def _transformed_editor(args, model, editor, params, meta):
     from mend_jax.training.config import TrainConfig
     editor = transformed_editor(args.editor, model, editor, TrainConfig.from_json(meta["config"]),
                                 project_out=args.project_out, whiten=args.whiten, n_inputs=args.projection_inputs)
-    if args.edit_scale != 1.0:
-        params = scaled_step_sizes(params, args.edit_scale)
+    if args.edit_scale != 1.0 or args.layer_scale:
+        params = scaled_step_sizes(params, args.edit_scale, layer_scales=layer_scales(args.layer_scale),
+                                   layers=editor.spec.layers)
     if args.factor_positions is not None:
         editor = dataclasses.replace(editor, factor_positions=args.factor_positions)
     return editor, params
@@ -146,13 +167,14 @@ def cmd_eval(args) -> int:
     t0 = time.time()
     res = evaluate(model, records, editor=editor, eparams=params, stats=stats, edits_at_once=args.edits_at_once,
                    finetune_cfg=ft, per_record=args.per_record, edit_steps=args.edit_steps,
-                   edit_until_margin=args.edit_until_margin)
+                   edit_until_margin=args.edit_until_margin, edit_max_rank=args.edit_max_rank)
     res.update({"data": args.data, "file": args.file, "records": args.records, "indices": args.indices,
                 "editor": str(args.editor), "editor_step": int(meta["step"]), "model": model.name,
                 "trained_project_out": int(meta["config"].get("project_out", 0)),  # part of the trained editor
                 "project_out": args.project_out, "whiten": args.whiten,
                 "projection_inputs": args.projection_inputs if (args.project_out or args.whiten) else 0,
-                "edit_scale": args.edit_scale, "edit_steps": args.edit_steps,
+                "edit_scale": args.edit_scale, "layer_scales": layer_scales(args.layer_scale),
+                "edit_steps": args.edit_steps,
                 "edit_until_margin": args.edit_until_margin,
                 "factor_positions": editor.factor_positions, "seconds": time.time() - t0})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -169,9 +191,10 @@ def cmd_eval(args) -> int:
 
 
 def show_edit(model, editor, params, stats, prompt, target, rephrase, unrelated, max_new_tokens, journal=None,
-              edit_steps=1, edit_until_margin=None):
+              edit_steps=1, edit_until_margin=None, edit_max_rank=None):
     from mend_jax.api import EditSession
-    session = EditSession(model, editor, params, stats, edit_steps=edit_steps, edit_until_margin=edit_until_margin)
+    session = EditSession(model, editor, params, stats, edit_steps=edit_steps, edit_until_margin=edit_until_margin,
+                          edit_max_rank=edit_max_rank)
     probes = [("prompt", prompt)] + ([("rephrase", rephrase)] if rephrase else []) + [("unrelated", unrelated)]
     before = {k: session.generate(p, max_new_tokens) for k, p in probes}
     rec = session.edit([prompt], [target])
@@ -191,7 +214,8 @@ def cmd_edit(args) -> int:
     model, editor, params, stats, meta = _load(args, args.editor)
     editor, params = _transformed_editor(args, model, editor, params, meta)
     show_edit(model, editor, params, stats, args.prompt, args.target, args.rephrase, args.unrelated,
-              args.max_new_tokens, args.journal, edit_steps=args.edit_steps, edit_until_margin=args.edit_until_margin)
+              args.max_new_tokens, args.journal, edit_steps=args.edit_steps, edit_until_margin=args.edit_until_margin,
+              edit_max_rank=args.edit_max_rank)
     return 0
 
 

@@ -94,13 +94,14 @@ def _dense_as_params(base_params, deltas):
 def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=None, stats=None,
              edits_at_once: int = 1, finetune_cfg: FineTuneConfig | None = None, progress: bool = True,
              seed: int = 0, per_record: bool = False, edit_steps: int = 1,
-             edit_until_margin: float | None = None) -> dict:
+             edit_until_margin: float | None = None, edit_max_rank: int | None = None) -> dict:
     """Evaluate on ``records`` (``EditRecord``); returns a JSON-able dict with per-method aggregate metrics, and
     with ``per_record`` also every record's values (``out["per_record"]``: the records' ``index`` and, per method,
     one list per metric in the same order) for looking at which edits fail. ``edit_steps``: the editor applied
     that many times per edit group (:func:`mend_jax.editing.edit.iterated_mend_edits`; 1 = MEND), at most, with
     ``edit_until_margin``: the further steps only for the edits that do not hold yet on their own prompt by that
-    many logits (``iterated_mend_edits(until_margin=...)``)."""
+    many logits (``iterated_mend_edits(until_margin=...)``); ``edit_max_rank``: each layer's edit cut to its best
+    approximation of that rank after every step (``iterated_mend_edits(max_rank=...)``)."""
     from tqdm import tqdm
     if editor is not None and editor.norm and not stats_initialised(stats):
         raise MendJaxError("the editor's normalisation statistics are not initialised (no training edit was seen): "
@@ -133,7 +134,7 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
         if editor is not None:
             rows = edit_row_bucket(edit_b)
             edits = iterated_mend_edits(editor, cfg, model.params, eparams, stats, edit_b, steps=edit_steps,
-                                        rows=rows, until_margin=edit_until_margin)
+                                        rows=rows, until_margin=edit_until_margin, max_rank=edit_max_rank)
             variants["mend"] = (model.params, edits)
             # every step adds `rows` rows per layer: how many steps this group took (fewer with adaptive steps)
             add("mend", "editor_steps", [next(iter(edits.values())).a.shape[0] // rows] * len(group))
@@ -154,7 +155,7 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
             add(m, "loc_acc_token", post["loc"][1])
             add(m, "loc_acc_exact", post["loc"][2])
     out = {"n_records": len(groups) * k, "edits_at_once": k, "edited_layers": list(layers), "edit_steps": edit_steps,
-           "edit_until_margin": edit_until_margin}
+           "edit_until_margin": edit_until_margin, "edit_max_rank": edit_max_rank}
     for m in methods:
         res = {key: float(np.mean(v)) for key, v in acc[m].items()}
         base = {key: float(np.mean(v)) for key, v in acc["unedited"].items()}

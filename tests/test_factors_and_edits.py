@@ -367,6 +367,48 @@ def test_adaptive_steps_take_rows_only_from_the_edits_that_do_not_hold_yet():
         iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=2, until_margin=float("nan"))
 
 
+def test_truncated_edits_are_the_best_low_rank_approximation_and_iterated_steps_see_them():
+    """``truncated_edits(edits, k)``: each layer's update equals its rank-k SVD truncation (row count unchanged,
+    rows past k zero); k at least the update's rank changes nothing; iterated steps with ``max_rank`` truncate
+    after every step, so step 2's gradient is taken at the truncated step-1 edit."""
+    from mend_jax.editing import edit_row_bucket, iterated_mend_edits, mend_edits
+    from mend_jax.editing.edit import truncated_edits
+    from mend_jax.errors import MendJaxError
+    cfg = CONFIGS["llama"]
+    params = random_params(cfg)
+    batch = make_batch(cfg, b=3)
+    layers = edit_layers(cfg)
+    editor = identity_editor(EditorSpec.from_model(family_for(cfg).linear_layers(cfg), layers), edit_lr=0.5)
+    ep, es = editor.init(jax.random.key(0))
+    rows = edit_row_bucket(batch)
+    step1 = mend_edits(editor, cfg, params, ep, es, batch, rows=rows)
+    for k in (1, 2):
+        cut = truncated_edits(step1, k)
+        for n in layers:
+            full = np.asarray(step1[n].dense(), np.float64)
+            u, s, vt = np.linalg.svd(full)
+            assert s[k] > 1e-3 * s[0], "the test needs updates of rank > k"
+            np.testing.assert_allclose(np.asarray(cut[n].dense()), (u[:, :k] * s[:k]) @ vt[:k], rtol=1e-4,
+                                       atol=1e-5 * s[0])
+            assert cut[n].a.shape == step1[n].a.shape and not np.asarray(cut[n].a)[k:].any()
+    whole = truncated_edits(step1, rows)
+    for n in layers:
+        np.testing.assert_allclose(np.asarray(whole[n].dense()), np.asarray(step1[n].dense()), rtol=1e-4, atol=1e-6)
+
+    two = iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=2, rows=rows, max_rank=1)
+    first = truncated_edits(step1, 1)
+    edited = apply_edits(params, first)
+    f, _ = loss_wrt_kernels(edited, cfg, batch, layers)
+    g = jax.grad(f)({n: get_module(edited, n)["kernel"] for n in layers})
+    for n in layers:
+        ref = np.asarray(first[n].dense()) - 0.5 * np.asarray(g[n], np.float64)
+        u, s, vt = np.linalg.svd(ref)
+        np.testing.assert_allclose(np.asarray(two[n].dense()), s[0] * np.outer(u[:, 0], vt[0]), rtol=1e-3,
+                                   atol=1e-4 * s[0])
+    with pytest.raises(MendJaxError, match="rank must be >= 1"):
+        truncated_edits(step1, 0)
+
+
 def test_step_sizes_scale_with_the_number_of_edits_when_the_editor_learns_their_exponent():
     """``edit_lr_k_power``: k edits at once take the step ``alpha_l * k**p_l``; without it (the paper) one step
     size for every k. An example without target tokens (bucket padding) is not an edit."""

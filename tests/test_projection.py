@@ -76,6 +76,19 @@ def test_projection_and_scale_errors_name_the_problem(tiny_lm):
     np.testing.assert_allclose(scaled_step_sizes(params, 2.0)["edit_lrs"], params["edit_lrs"] * 2.0)
     with pytest.raises(MendJaxError, match="edit_scale must be > 0"):
         scaled_step_sizes(params, 0.0)
+    # per-layer factors by fnmatch pattern over the edited layers (the tiny editor's gate, up and down of block 0)
+    scaled = scaled_step_sizes(params, 2.0, layers=spec.layers,
+                               layer_scales={"*.down_proj": 0.0, "*.up_proj": 0.5, "*.*_proj": 3.0})
+    factor = np.array([{"down_proj": 0.0, "up_proj": 1.5}.get(n.rsplit(".", 1)[1], 3.0) for n in spec.layers])
+    np.testing.assert_allclose(scaled["edit_lrs"], params["edit_lrs"] * 2.0 * factor, rtol=1e-6)
+    with pytest.raises(MendJaxError, match="matches none of the edited layers"):
+        scaled_step_sizes(params, layers=spec.layers, layer_scales={"model.layers.9.*": 0.0})
+    with pytest.raises(MendJaxError, match="finite and >= 0"):
+        scaled_step_sizes(params, layers=spec.layers, layer_scales={"*": -1.0})
+    with pytest.raises(MendJaxError, match="leave no layer edited"):
+        scaled_step_sizes(params, layers=spec.layers, layer_scales={"*": 0.0})
+    with pytest.raises(MendJaxError, match="layers=editor.spec.layers"):
+        scaled_step_sizes(params, layer_scales={"*": 0.5})
 
 
 def test_whitening_goes_from_the_identity_to_rome_and_moves_unrelated_inputs_less(tiny_lm):
@@ -150,7 +163,7 @@ def test_eval_with_the_projection_measures_training_inputs_once_and_reports_its_
     assert sorted((out / "projections").glob("moments_*.npz")) == cached
     assert json.loads((tmp_path / "w.json").read_text())["whiten"] == 4.0
     from mend_jax.cli import build_parser
-    from mend_jax.commands import _load, _transformed_editor
+    from mend_jax.commands import _load, _transformed_editor, layer_scales
     parsed = build_parser().parse_args(args + ["--whiten", "4", "--json", "unused.json"])
     loaded = _load(parsed, parsed.editor)
     editor, params = _transformed_editor(parsed, *loaded[:3], loaded[4])
@@ -159,6 +172,17 @@ def test_eval_with_the_projection_measures_training_inputs_once_and_reports_its_
     assert editor.factor_positions == "all"  # as trained, unless --factor-positions says otherwise
     parsed = build_parser().parse_args(args + ["--factor-positions", "target", "--json", "unused.json"])
     assert _transformed_editor(parsed, *loaded[:3], loaded[4])[0].factor_positions == "target"
+    down = [i for i, n in enumerate(editor.spec.layers) if n.endswith("down_proj")]
+    parsed = build_parser().parse_args(args + ["--layer-scale", "*.down_proj=0", "--json", "unused.json"])
+    lrs = np.asarray(_transformed_editor(parsed, *loaded[:3], loaded[4])[1]["edit_lrs"])
+    assert down and not lrs[down].any() and np.all(lrs[[i for i in range(len(lrs)) if i not in down]] != 0)
+    assert main(args + ["--layer-scale", "*.down_proj=0", "--edit-max-rank", "1",
+                        "--json", str(tmp_path / "l.json")]) == 0
+    res = json.loads((tmp_path / "l.json").read_text())
+    assert (res["layer_scales"], res["edit_max_rank"]) == ({"*.down_proj": 0.0}, 1)
+    with pytest.raises(MendJaxError, match="write PATTERN=S"):
+        layer_scales(["*.down_proj"])
+    assert main(args + ["--layer-scale", "*.down_proj", "--json", str(tmp_path / "x.json")]) == 2
     plain = tmp_path / "plain.json"
     assert main(args[:-6] + ["--json", str(plain)]) == 0
     res = json.loads(plain.read_text())

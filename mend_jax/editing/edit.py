@@ -105,9 +105,34 @@ def unheld_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mappin
     return compute_edits(editor, eparams, stats, factors, rows=rows), unheld
 
 
+@functools.partial(jax.jit, static_argnames=("rank",))
+def truncated_edits(edits: Mapping[str, LowRankEdit], rank: int) -> dict[str, LowRankEdit]:
+    """Each layer's update ``Delta W`` replaced by its best rank-``rank`` approximation (its top singular
+    directions; Eckart-Young in Frobenius and spectral norm), still as a :class:`LowRankEdit` with as many rows as
+    before (the rows past ``rank`` are zero) so that shapes, and the compiled functions that take them, stay the
+    same. From the thin QR factors of ``a^T`` and ``b^T`` and the SVD of their small core: the dense ``[in, out]``
+    update is never formed. An edit transformation beyond MEND (whose update has one row per token)."""
+    if rank < 1:
+        raise MendJaxError(f"the edit's rank must be >= 1, not {rank}")
+    out = {}
+    for name, e in edits.items():
+        a = e.a.astype(jnp.float32)
+        b = e.b.astype(jnp.float32) * e.scale
+        qa, ra = jnp.linalg.qr(a.T)  # a^T = qa ra: [in, p] [p, R]
+        qb, rb = jnp.linalg.qr(b.T)  # b^T = qb rb: [out, q] [q, R]
+        u, s, vt = jnp.linalg.svd(ra @ rb.T)  # Delta W = a^T b = qa (u s vt) qb^T
+        k = min(rank, s.shape[0])
+        a_k = ((qa @ u[:, :k]) * s[:k]).T  # [k, in]
+        b_k = vt[:k] @ qb.T  # [k, out]
+        pad = a.shape[0] - k
+        out[name] = LowRankEdit(jnp.pad(a_k, ((0, pad), (0, 0))).astype(e.a.dtype),
+                                jnp.pad(b_k, ((0, pad), (0, 0))).astype(e.b.dtype), jnp.ones((), jnp.float32))
+    return out
+
+
 def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapping, stats: Mapping,
                         batch: TokenBatch, steps: int = 1, rows: int | None = None,
-                        until_margin: float | None = None) -> dict[str, LowRankEdit]:
+                        until_margin: float | None = None, max_rank: int | None = None) -> dict[str, LowRankEdit]:
     """``steps`` editor steps on one edit batch: step 1 is MEND's edit (:func:`mend_edits`); each further step
     takes the factors of the same batch at the weights edited so far and adds the editor's update of them (the
     rows of all steps merged into one low-rank edit, each step's size folded in). ``steps=1`` is exactly
@@ -119,19 +144,23 @@ def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapp
     by at least ``until_margin`` logits at the weights edited so far (checked again before every step, so an
     example that a later step of other edits undid takes part again); the steps stop early once every edit
     holds. The editor normalises its inputs, so a further step is about as large as the first however small the
-    gradient left: without this rule an edit that already holds is pushed on, which costs unrelated inputs."""
+    gradient left: without this rule an edit that already holds is pushed on, which costs unrelated inputs.
+
+    ``max_rank`` (beyond the paper): after every step the edit so far is cut to its best rank-``max_rank``
+    approximation per layer (:func:`truncated_edits`), so the next step and the margins see the truncated edit."""
     if steps < 1:
         raise MendJaxError(f"edit steps must be >= 1, not {steps}")
     if until_margin is not None and not math.isfinite(until_margin):
         raise MendJaxError(f"the adaptive steps' margin must be a finite number of logits, not {until_margin}")
     margin = jnp.inf if until_margin is None else until_margin  # no margin: no edit ever holds, every step runs
-    edits = mend_edits(editor, cfg, base_params, eparams, stats, batch, rows=rows)
+    cut = (lambda e: e) if max_rank is None else (lambda e: truncated_edits(e, max_rank))
+    edits = cut(mend_edits(editor, cfg, base_params, eparams, stats, batch, rows=rows))
     for _ in range(steps - 1):
         edited = with_kernels(base_params, _edited_kernels_jit(base_params, edits))
         more, unheld = unheld_mend_edits(editor, cfg, edited, eparams, stats, batch, margin, rows=rows)
         if not bool(jnp.any(unheld)):
             break
-        edits = merge_edits(edits, more)
+        edits = cut(merge_edits(edits, more))
     return edits
 
 

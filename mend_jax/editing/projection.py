@@ -162,11 +162,31 @@ def whiten_inputs(editor: Editor, maps: Mapping[str, jax.Array]) -> Editor:
     return map_pseudo_inputs(editor, {n: (lambda ut, p=p: ut @ p) for n, p in maps.items()}, "whitening")
 
 
-def scaled_step_sizes(params: Mapping, edit_scale: float) -> dict:
-    """The editor parameters with every learned step size multiplied by ``edit_scale``."""
+def scaled_step_sizes(params: Mapping, edit_scale: float = 1.0, *, layer_scales: Mapping[str, float] | None = None,
+                      layers: Sequence[str] = ()) -> dict:
+    """The editor parameters with every learned step size multiplied by ``edit_scale``, and those of the layers
+    matching a pattern of ``layer_scales`` (``fnmatch`` patterns over ``layers``, the editor's ``spec.layers``, e.g.
+    ``{"model.layers.29.*": 0}``) multiplied by its factor as well: 0 leaves that layer unedited (its factors are
+    still computed, the backward pass stops at the lowest edited layer either way)."""
+    import fnmatch
     if not edit_scale > 0:
         raise MendJaxError(f"edit_scale must be > 0, not {edit_scale}")
-    return {**params, "edit_lrs": params["edit_lrs"] * edit_scale}
+    factors = np.ones(len(params["edit_lrs"]), np.float32)
+    if layer_scales:
+        if len(layers) != len(factors):
+            raise MendJaxError(f"layer_scales needs the editor's {len(factors)} edited layers (layers=editor.spec."
+                               f"layers), got {len(layers)}")
+        for pattern, f in layer_scales.items():
+            hit = [i for i, n in enumerate(layers) if fnmatch.fnmatchcase(n, pattern)]
+            if not hit:
+                raise MendJaxError(f"layer scale pattern {pattern!r} matches none of the edited layers "
+                                   f"{list(layers)}")
+            if not (np.isfinite(f) and f >= 0):
+                raise MendJaxError(f"layer scale for {pattern!r} must be finite and >= 0, not {f}")
+            factors[hit] *= f
+        if not factors.any():
+            raise MendJaxError(f"layer_scales {dict(layer_scales)} leave no layer edited")
+    return {**params, "edit_lrs": params["edit_lrs"] * edit_scale * jnp.asarray(factors)}
 
 
 # ------------------------------------------------------------------------------------ from an editor's training data
