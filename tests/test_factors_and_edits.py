@@ -316,21 +316,26 @@ def test_iterated_identity_editor_is_gradient_descent_and_one_step_is_mend():
         iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=0)
 
 
+def identity_editing_setup(b=3):
+    """A tiny LLaMA, ``b`` edit examples and the identity editor (step size 0.5) on two blocks, with its row bucket."""
+    from mend_jax.editing import edit_row_bucket
+    cfg = CONFIGS["llama"]
+    batch = make_batch(cfg, b=b)
+    layers = edit_layers(cfg)
+    editor = identity_editor(EditorSpec.from_model(family_for(cfg).linear_layers(cfg), layers), edit_lr=0.5)
+    ep, es = editor.init(jax.random.key(0))
+    return cfg, random_params(cfg), batch, layers, editor, ep, es, edit_row_bucket(batch)
+
+
 def test_adaptive_steps_take_rows_only_from_the_edits_that_do_not_hold_yet():
     """``iterated_mend_edits(until_margin=M)``: a margin no edit reaches is the plain iteration; a margin every
     edit reaches after step 1 stops there (= ``mend_edits``); in between, step 2 is the gradient step of the
     examples that do not hold alone (identity editor), and the held examples' rows are left out. Margins are the
     prompt's own target tokens' logit minus the best other, from the factors' forward pass."""
-    from mend_jax.editing import edit_row_bucket, iterated_mend_edits, mend_edits
+    from mend_jax.editing import iterated_mend_edits, mend_edits
     from mend_jax.editing.edit import target_margins, unheld_mend_edits
     from mend_jax.errors import MendJaxError
-    cfg = CONFIGS["llama"]
-    params = random_params(cfg)
-    batch = make_batch(cfg, b=3)
-    layers = edit_layers(cfg)
-    editor = identity_editor(EditorSpec.from_model(family_for(cfg).linear_layers(cfg), layers), edit_lr=0.5)
-    ep, es = editor.init(jax.random.key(0))
-    rows = edit_row_bucket(batch)
+    cfg, params, batch, layers, editor, ep, es, rows = identity_editing_setup()
     dense = lambda edits: {n: np.asarray(edits[n].dense()) for n in layers}  # noqa: E731
 
     step1 = mend_edits(editor, cfg, params, ep, es, batch, rows=rows)
@@ -371,16 +376,10 @@ def test_truncated_edits_are_the_best_low_rank_approximation_and_iterated_steps_
     """``truncated_edits(edits, k)``: each layer's update equals its rank-k SVD truncation (row count unchanged,
     rows past k zero); k at least the update's rank changes nothing; iterated steps with ``max_rank`` truncate
     after every step, so step 2's gradient is taken at the truncated step-1 edit."""
-    from mend_jax.editing import edit_row_bucket, iterated_mend_edits, mend_edits
+    from mend_jax.editing import iterated_mend_edits, mend_edits
     from mend_jax.editing.edit import truncated_edits
     from mend_jax.errors import MendJaxError
-    cfg = CONFIGS["llama"]
-    params = random_params(cfg)
-    batch = make_batch(cfg, b=3)
-    layers = edit_layers(cfg)
-    editor = identity_editor(EditorSpec.from_model(family_for(cfg).linear_layers(cfg), layers), edit_lr=0.5)
-    ep, es = editor.init(jax.random.key(0))
-    rows = edit_row_bucket(batch)
+    cfg, params, batch, layers, editor, ep, es, rows = identity_editing_setup()
     step1 = mend_edits(editor, cfg, params, ep, es, batch, rows=rows)
     for k in (1, 2):
         cut = truncated_edits(step1, k)
