@@ -406,6 +406,8 @@ def test_truncated_edits_are_the_best_low_rank_approximation_and_iterated_steps_
                                    atol=1e-4 * s[0])
     with pytest.raises(MendJaxError, match="rank must be >= 1"):
         truncated_edits(step1, 0)
+    with pytest.raises(MendJaxError, match="max_rank"):
+        iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=2, max_rank=0)
 
 
 def test_step_sizes_scale_with_the_number_of_edits_when_the_editor_learns_their_exponent():

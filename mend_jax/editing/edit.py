@@ -152,6 +152,8 @@ def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapp
         raise MendJaxError(f"edit steps must be >= 1, not {steps}")
     if until_margin is not None and not math.isfinite(until_margin):
         raise MendJaxError(f"the adaptive steps' margin must be a finite number of logits, not {until_margin}")
+    if max_rank is not None and max_rank < 1:
+        raise MendJaxError(f"the edit's rank (max_rank) must be >= 1, not {max_rank}")
     margin = jnp.inf if until_margin is None else until_margin  # no margin: no edit ever holds, every step runs
     cut = (lambda e: e) if max_rank is None else (lambda e: truncated_edits(e, max_rank))
     edits = cut(mend_edits(editor, cfg, base_params, eparams, stats, batch, rows=rows))
