@@ -105,6 +105,11 @@ def unheld_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mappin
     return compute_edits(editor, eparams, stats, factors, rows=rows), unheld
 
 
+def _check_rank(rank: int) -> None:
+    if rank < 1:
+        raise MendJaxError(f"the edit's rank must be >= 1 (max_rank), not {rank}")
+
+
 @functools.partial(jax.jit, static_argnames=("rank",))
 def truncated_edits(edits: Mapping[str, LowRankEdit], rank: int) -> dict[str, LowRankEdit]:
     """Each layer's update ``Delta W`` replaced by its best rank-``rank`` approximation (its top singular
@@ -112,8 +117,7 @@ def truncated_edits(edits: Mapping[str, LowRankEdit], rank: int) -> dict[str, Lo
     before (the rows past ``rank`` are zero) so that shapes, and the compiled functions that take them, stay the
     same. From the thin QR factors of ``a^T`` and ``b^T`` and the SVD of their small core: the dense ``[in, out]``
     update is never formed. An edit transformation beyond MEND (whose update has one row per token)."""
-    if rank < 1:
-        raise MendJaxError(f"the edit's rank must be >= 1, not {rank}")
+    _check_rank(rank)
     out = {}
     for name, e in edits.items():
         a = e.a.astype(jnp.float32)
@@ -152,8 +156,8 @@ def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapp
         raise MendJaxError(f"edit steps must be >= 1, not {steps}")
     if until_margin is not None and not math.isfinite(until_margin):
         raise MendJaxError(f"the adaptive steps' margin must be a finite number of logits, not {until_margin}")
-    if max_rank is not None and max_rank < 1:
-        raise MendJaxError(f"the edit's rank (max_rank) must be >= 1, not {max_rank}")
+    if max_rank is not None:
+        _check_rank(max_rank)  # before any work, not at the first truncation
     margin = jnp.inf if until_margin is None else until_margin  # no margin: no edit ever holds, every step runs
     cut = (lambda e: e) if max_rank is None else (lambda e: truncated_edits(e, max_rank))
     edits = cut(mend_edits(editor, cfg, base_params, eparams, stats, batch, rows=rows))
