@@ -216,6 +216,31 @@ def test_training_with_a_schedule_of_shapes_resumes_exactly(tiny_lm, tmp_path):
     assert "prompt_acc" in rows[0]
 
 
+def test_batched_problems_take_their_own_locality_weight(tiny_lm, tmp_path):
+    """``--c-loc-batched``: in a schedule the problems of several edits at once are trained and validated with their
+    own locality weight (here 0: edit loss only), the single edits with ``--c-loc``."""
+    import dataclasses
+    from mend_jax.errors import MendJaxError
+    from mend_jax.training.config import TrainConfig
+    from mend_jax.training.loop import train
+    cfg = dataclasses.replace(_tiny_cfg(tmp_path, 4), schedule="2x1,1x3", c_loc=5.0, c_loc_batched=0.0,
+                              val_every=2, val_size=6)
+    train(cfg, model=tiny_lm, progress=False)
+    rows = [json.loads(r) for r in (tmp_path / "log.jsonl").read_text().splitlines()]
+    for r in rows:
+        c_loc = 5.0 if r["edits_per_problem"] == 1 else 0.0
+        assert r["loss/loc"] > 0
+        np.testing.assert_allclose(r["loss"], cfg.c_edit * r["loss/edit"] + c_loc * r["loss/loc"], rtol=1e-5)
+    v = rows[1]
+    assert v["val_k3/loss/loc"] > 0 and v["val/loss/loc"] > 0
+    np.testing.assert_allclose(v["val_k3/loss"], cfg.c_edit * v["val_k3/loss/edit"], rtol=1e-5)
+    np.testing.assert_allclose(v["val/loss"], cfg.c_edit * v["val/loss/edit"] + 5.0 * v["val/loss/loc"], rtol=1e-5)
+    assert TrainConfig(c_loc=8.0).c_loc_for(10) == 8.0
+    assert TrainConfig.from_json(dataclasses.asdict(cfg)).c_loc_for(3) == 0.0
+    with pytest.raises(MendJaxError, match="c-loc-batched"):
+        TrainConfig(c_loc_batched=-1.0)
+
+
 def test_bad_schedule_or_edit_loss_is_refused_before_any_model_loads():
     from mend_jax.errors import MendJaxError
     from mend_jax.training.config import TrainConfig

@@ -41,6 +41,9 @@ def register(sub) -> None:
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
         elif f.name == "max_minutes":
             p.add_argument(flag, type=float, default=None)
+        elif f.name == "c_loc_batched":
+            p.add_argument(flag, type=float, default=None,
+                           help="--c-loc for the schedule's problems of several edits at once (default: --c-loc)")
         elif f.name == "base_dtype":
             p.add_argument(flag, choices=["float32", "bfloat16"], default=f.default,
                            help="base model weights in memory (the editor always computes in float32)")

@@ -57,6 +57,10 @@ class TrainConfig:
     factor_positions: str = "all"
     c_edit: float = 0.1
     c_loc: float = 1.0
+    # c_loc for the problems of k > 1 edits at once of a schedule (e.g. "8x1,1x10"), in training and validation;
+    # None: c_loc for every problem. A heavier locality weight for single edits need not bind the batched ones,
+    # whose ten summed edits trade reliability for locality differently (TRAINING_NOTES.md, session 19)
+    c_loc_batched: float | None = None
     grad_clip: float = 100.0
     # shapes (fixed, so one compilation)
     seq_len: int = 32
@@ -109,6 +113,9 @@ class TrainConfig:
             raise MendJaxError(f"--factor-positions must be 'all' or 'target', not {self.factor_positions!r}")
         if self.init_which not in ("best", "latest"):
             raise MendJaxError(f"--init-which must be 'best' or 'latest', not {self.init_which!r}")
+        if self.c_loc_batched is not None and not self.c_loc_batched >= 0:
+            raise MendJaxError(f"--c-loc-batched must be >= 0 (or left out: --c-loc for every problem), not "
+                               f"{self.c_loc_batched}")
         if self.c_flip < 0:
             raise MendJaxError(f"--c-flip must be >= 0 (0: off), not {self.c_flip}")
         if self.edit_steps < 1:
@@ -146,6 +153,7 @@ class TrainConfig:
         d.setdefault("edit_steps", 1)
         d.setdefault("loc_loss_on", "all")
         d.setdefault("c_flip", 0.0)
+        d.setdefault("c_loc_batched", None)
         d.setdefault("factor_positions", "all")
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
@@ -155,6 +163,12 @@ class TrainConfig:
         if not self.schedule:
             return ((self.edits_per_step, self.edits_per_problem),)
         return parse_schedule(self.schedule)
+
+    def c_loc_for(self, edits_per_problem: int) -> float:
+        """The locality weight of problems of ``edits_per_problem`` edits at once."""
+        if edits_per_problem > 1 and self.c_loc_batched is not None:
+            return self.c_loc_batched
+        return self.c_loc
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2))

@@ -246,7 +246,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     for n, k in step_shapes:
         b = row_budget(model.tokenizer, records, n * k, shapes) if placement.mesh is None else None
         budgets[(n, k)] = b if b is not None and b < n * k * shapes.seq_len else None
-    step_fns = {s: placement.train_step(editor, model.config, tx, dataclasses.replace(hp, rows=b), s[0])
+    hp_k = {k: dataclasses.replace(hp, c_loc=cfg.c_loc_for(k)) for _, k in step_shapes}  # --c-loc-batched
+    step_fns = {s: placement.train_step(editor, model.config, tx, dataclasses.replace(hp_k[s[1]], rows=b), s[0])
                 for s, b in budgets.items()}
     full_fns = {}  # (n, k) -> the step over every position, for batches over the budget
 
@@ -255,7 +256,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         if b is None or factor_rows(batch.edit) <= b:
             return step_fns[(n, k)]
         if (n, k) not in full_fns:
-            full_fns[(n, k)] = placement.train_step(editor, model.config, tx, hp, n)
+            full_fns[(n, k)] = placement.train_step(editor, model.config, tx, hp_k[k], n)
         return full_fns[(n, k)]
     # the frozen blocks once per distinct input (one device): each step then runs only the edited blocks and the head
     cache, cache_s = None, 0.0
@@ -280,7 +281,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                       f"{'read from' if loaded else 'written to'} {cache_dir}, {added} computed)")
     placement.log("editor rows per step: " + ", ".join(f"{n}x{k}: {b or n * k * shapes.seq_len} of "
                                                         f"{n * k * shapes.seq_len}" for (n, k), b in budgets.items()))
-    eval_fn = placement.eval_step(editor, model.config, hp)
+    eval_fns = {k: placement.eval_step(editor, model.config, h) for k, h in hp_k.items()}
     fingerprint = model_fingerprint(model, editor.spec.layers)
     ckpt = EditorCheckpoints(out / "checkpoints")
     log_path = out / "log.jsonl"
@@ -319,7 +320,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     def validate_all() -> dict:
         out = {}
         for k, vb in val_sets.items():
-            out.update(validate(eval_fn, ts, model.params, vb, prefix[k]))
+            out.update(validate(eval_fns[k], ts, model.params, vb, prefix[k]))
         if len(val_sets) > 1:  # early stopping on the mean over the shapes
             out[f"val/{VAL_KEY}_all"] = float(np.mean([out[f"{prefix[k]}/{VAL_KEY}"] for k in val_sets]))
         return out
