@@ -635,6 +635,46 @@ def test_locality_loss_on_the_answer_tokens_only(tiny_lm):
         TrainConfig(loc_loss_on="question")
 
 
+def test_locality_answers_may_be_longer_than_the_edit_targets(tiny_lm):
+    """``--loc-answer-len``: a locality input whose answer is longer than ``--target-len`` is kept (own locality in
+    training, and the validation records) with an answer length of its own, instead of being swapped for another
+    record's; the step's locality KL over those answer tokens is that of the materialised edit."""
+    import dataclasses
+    from mend_jax.editing.batch import tokenize_pair
+    from mend_jax.editing.losses import kl_pre_post
+    from mend_jax.errors import MendJaxError
+    from mend_jax.training.batches import own_loc_fits
+    from mend_jax.training.config import TrainConfig
+    editor, records = setup(tiny_lm)
+    tok = tiny_lm.tokenizer
+    long = "the long river that flows through the old town to the sea"
+    recs = [dataclasses.replace(r, loc_answer=long) if i % 2 == 0 else r for i, r in enumerate(records)]
+    n_answer = len(tokenize_pair(tok, recs[0].loc_prompt, long)[1])
+    assert 4 < n_answer <= 12
+    short_shapes, long_shapes = Shapes(16, 4, 32), Shapes(16, 4, 32, loc_answer_len=12)
+    assert long_shapes.loc_target_len == 12 and short_shapes.loc_target_len == 4
+    ok_short, ok_long = own_loc_fits(tok, recs, short_shapes), own_loc_fits(tok, recs, long_shapes)
+    assert not any(i % 2 == 0 for i in ok_short)
+    assert ok_short < ok_long and {i for i in range(len(recs)) if i % 2 == 0} <= ok_long
+    batch = training_batch(tok, recs, DataOrder(len(recs), 0), 0, 4, long_shapes, 128, train_loc="own",
+                           own_loc_ok=ok_long)
+    assert batch.edit.target_ids.shape[-1] == 4 and batch.loc.target_ids.shape[-1] == 12
+    assert np.asarray(batch.loc.target_mask).sum(-1).max() == n_answer  # a long answer is in the batch, whole
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    ts = init_train_state(editor, tx, jax.random.key(0))
+    ts, m = make_train_step(editor, tiny_lm.config, tx, StepHParams(loc_on_answer=True), donate=False)(
+        ts, tiny_lm.params, batch)
+    assert float(m["finite"]) == 1.0
+    ans = make_eval_step(editor, tiny_lm.config, StepHParams(loc_on_answer=True))(ts["params"], ts["stats"],
+                                                                                  tiny_lm.params, batch)
+    for i, (pre, post, mask) in enumerate(_loc_answer_logits_of_materialised_edits(tiny_lm, editor, ts, batch)):
+        np.testing.assert_allclose(ans["loss/loc"][i], kl_pre_post(pre, post, mask), rtol=2e-3, atol=1e-7)
+    assert TrainConfig.from_json({k: v for k, v in dataclasses.asdict(TrainConfig()).items()
+                                  if k != "loc_answer_len"}).loc_answer_len == 0  # runs saved before the option
+    with pytest.raises(MendJaxError, match="loc-answer-len"):
+        TrainConfig(loc_len=24, loc_answer_len=32)
+
+
 def test_argmax_margin_hinge_counts_flips_and_spares_kept_margins():
     """The hinge is zero without an edit and while each position keeps half its margin, and grows with the logit
     distance by which a near-tie is flipped, where the KL of that flip is tiny."""

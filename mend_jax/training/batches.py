@@ -25,6 +25,13 @@ class Shapes:
     seq_len: int = 32
     target_len: int = 8
     loc_len: int = 32
+    # the longest locality answer (tokens) a training/validation locality input may have; 0: target_len. Long
+    # answers are where whole-answer locality is lost (TRAINING_NOTES.md, session 20)
+    loc_answer_len: int = 0
+
+    @property
+    def loc_target_len(self) -> int:
+        return self.loc_answer_len or self.target_len
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +83,7 @@ def fits(tokenizer, p: Problem, shapes: Shapes) -> bool:
     except (InvalidEditError, InputTooLongError):
         return False
     return (len(a) + len(t) <= shapes.seq_len and len(b) + len(t) <= shapes.seq_len and len(t) <= shapes.target_len
-            and len(c) + len(lt) <= shapes.loc_len and len(lt) <= shapes.target_len)
+            and len(c) + len(lt) <= shapes.loc_len and len(lt) <= shapes.loc_target_len)
 
 
 def filter_records(tokenizer, records: Sequence[EditRecord], shapes: Shapes, train: bool) -> list[EditRecord]:
@@ -106,12 +113,13 @@ def encode_problem_groups(tokenizer, groups: Sequence[Sequence[Problem]], shapes
                           max_length: int) -> MetaBatch:
     """N problems of k edits each (applied at once: their factors are summed into one update) -> MetaBatch with
     fields [N, k, ...]; the edit loss averages over the k rephrases, the locality KL over the k locality inputs."""
-    def one(prompts, targets, seq):
+    def one(prompts, targets, seq, target_len=shapes.target_len):
         return encode_examples(tokenizer, prompts, targets, max_length=max_length, seq_len=seq,
-                               target_len=shapes.target_len)
+                               target_len=target_len)
     edit = stack_batches([one([p.prompt for p in g], [p.target for p in g], shapes.seq_len) for g in groups])
     equiv = stack_batches([one([p.equiv_prompt for p in g], [p.target for p in g], shapes.seq_len) for g in groups])
-    loc = stack_batches([one([p.loc_prompt for p in g], [p.loc_answer for p in g], shapes.loc_len) for g in groups])
+    loc = stack_batches([one([p.loc_prompt for p in g], [p.loc_answer for p in g], shapes.loc_len,
+                             shapes.loc_target_len) for g in groups])
     return MetaBatch(edit, equiv, loc)
 
 

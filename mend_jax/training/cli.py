@@ -63,6 +63,11 @@ def register(sub) -> None:
             p.add_argument(flag, choices=["all", "answer"], default=f.default,
                            help="locality KL over all tokens of each locality input (MEND) or over its answer "
                                 "tokens only (where evaluation compares the argmax before and after)")
+        elif f.name == "loc_answer_len":
+            p.add_argument(flag, type=int, default=f.default,
+                           help="the longest locality answer (tokens) of a training/validation locality input "
+                                "(0: --target-len); longer ones are swapped for another record's (training) or "
+                                "leave the record out (validation)")
         elif f.name == "init_optimizer":
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
                            help="with --init-from: also take its checkpoint's optimizer state (Adam's moments), "

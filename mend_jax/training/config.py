@@ -66,6 +66,10 @@ class TrainConfig:
     seq_len: int = 32
     target_len: int = 8
     loc_len: int = 32
+    # the longest answer (tokens) of a locality input in training and validation; 0: target_len. Locality inputs
+    # whose answer is longer (or whose question + answer exceed loc_len) are replaced by another record's (train) or
+    # leave the record out (validation)
+    loc_answer_len: int = 0
     # validation / early stopping / checkpoints
     val_every: int = 100
     val_size: int = 100
@@ -116,6 +120,9 @@ class TrainConfig:
         if self.c_loc_batched is not None and not self.c_loc_batched >= 0:
             raise MendJaxError(f"--c-loc-batched must be >= 0 (or left out: --c-loc for every problem), not "
                                f"{self.c_loc_batched}")
+        if self.loc_answer_len < 0 or self.loc_answer_len > self.loc_len:
+            raise MendJaxError(f"--loc-answer-len must be between 0 (: --target-len) and --loc-len ({self.loc_len}), "
+                               f"not {self.loc_answer_len}")
         if self.c_flip < 0:
             raise MendJaxError(f"--c-flip must be >= 0 (0: off), not {self.c_flip}")
         if self.edit_steps < 1:
@@ -155,6 +162,7 @@ class TrainConfig:
         d.setdefault("c_flip", 0.0)
         d.setdefault("c_loc_batched", None)
         d.setdefault("factor_positions", "all")
+        d.setdefault("loc_answer_len", 0)
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.base_dtype]
     model = placement.model(model or load_model(cfg.model, progress=progress, dtype=dtype,
                                                 shardings=placement.loader_shardings))
-    shapes = Shapes(cfg.seq_len, cfg.target_len, cfg.loc_len)
+    shapes = Shapes(cfg.seq_len, cfg.target_len, cfg.loc_len, cfg.loc_answer_len)
     editor, ecfg = build_editor(model, cfg)
     projection_s = 0.0
     if cfg.project_out or cfg.whiten:  # measured once (counted as training time below), read back on resumption
