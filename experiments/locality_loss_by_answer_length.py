@@ -21,6 +21,7 @@ import numpy as np
 
 from mend_jax.data import load_records
 from mend_jax.editing.batch import tokenize_pair
+from mend_jax.training.batches import Shapes, loc_fits
 from mend_jax.weights.loader import load_model
 
 LENGTHS = ((1, 2), (3, 5), (6, 8), (9, 15), (16, None))
@@ -44,13 +45,17 @@ def main() -> None:
     args = ap.parse_args()
     tok = load_model(args.model, progress=False).tokenizer
     ev = loc_lengths(tok, load_records(args.data, args.file, records=args.records))
-    fits = (ev[:, 1] <= args.target_len) & (ev.sum(1) <= args.loc_len)
+    shapes = Shapes(target_len=args.target_len, loc_len=args.loc_len)
+
+    def fitting(lengths: np.ndarray) -> np.ndarray:
+        return np.array([loc_fits(int(q), int(a), shapes) for q, a in lengths], bool)
+    fits = fitting(ev)
     print(f"evaluated answers: {len(ev)}, answer tokens median {np.median(ev[:, 1]):.0f}, 90th percentile "
           f"{np.percentile(ev[:, 1], 90):.0f}; fitting the shapes (answer <= {args.target_len}, question + answer "
           f"<= {args.loc_len}): {fits.sum()}")
     if args.train_file:
         tr = loc_lengths(tok, load_records(args.data, args.train_file))
-        tfit = (tr[:, 1] <= args.target_len) & (tr.sum(1) <= args.loc_len)
+        tfit = fitting(tr)
         print(f"training records whose own locality input fits: {tfit.sum()} of {len(tr)} ({tfit.mean():.3f})")
     for f in args.eval_files:
         pr = json.loads(Path(f).read_text())["per_record"]

@@ -75,6 +75,11 @@ def own_loc_fits(tokenizer, records: Sequence[EditRecord], shapes: Shapes) -> fr
                      and fits(tokenizer, Problem(r.prompt, r.target, r.prompt, r.loc_prompt, r.loc_answer), shapes))
 
 
+def loc_fits(n_question: int, n_answer: int, shapes: Shapes) -> bool:
+    """Whether a locality input of these token counts fits the shapes (training and validation keep only those)."""
+    return n_question + n_answer <= shapes.loc_len and n_answer <= shapes.loc_target_len
+
+
 def fits(tokenizer, p: Problem, shapes: Shapes) -> bool:
     try:
         a, t = tokenize_pair(tokenizer, p.prompt, p.target)
@@ -83,7 +88,7 @@ def fits(tokenizer, p: Problem, shapes: Shapes) -> bool:
     except (InvalidEditError, InputTooLongError):
         return False
     return (len(a) + len(t) <= shapes.seq_len and len(b) + len(t) <= shapes.seq_len and len(t) <= shapes.target_len
-            and len(c) + len(lt) <= shapes.loc_len and len(lt) <= shapes.loc_target_len)
+            and loc_fits(len(c), len(lt), shapes))
 
 
 def filter_records(tokenizer, records: Sequence[EditRecord], shapes: Shapes, train: bool) -> list[EditRecord]:
