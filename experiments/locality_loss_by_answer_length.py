@@ -42,16 +42,17 @@ def main() -> None:
     ap.add_argument("--train-file", default=None, help="training records: how many own locality inputs fit")
     ap.add_argument("--target-len", type=int, default=8)
     ap.add_argument("--loc-len", type=int, default=24)
+    ap.add_argument("--loc-answer-len", type=int, default=0, help="as train's (0: --target-len)")
     args = ap.parse_args()
     tok = load_model(args.model, progress=False).tokenizer
     ev = loc_lengths(tok, load_records(args.data, args.file, records=args.records))
-    shapes = Shapes(target_len=args.target_len, loc_len=args.loc_len)
+    shapes = Shapes(target_len=args.target_len, loc_len=args.loc_len, loc_answer_len=args.loc_answer_len)
 
     def fitting(lengths: np.ndarray) -> np.ndarray:
         return np.array([loc_fits(int(q), int(a), shapes) for q, a in lengths], bool)
     fits = fitting(ev)
     print(f"evaluated answers: {len(ev)}, answer tokens median {np.median(ev[:, 1]):.0f}, 90th percentile "
-          f"{np.percentile(ev[:, 1], 90):.0f}; fitting the shapes (answer <= {args.target_len}, question + answer "
+          f"{np.percentile(ev[:, 1], 90):.0f}; fitting the shapes (answer <= {shapes.loc_target_len}, question + answer "
           f"<= {args.loc_len}): {fits.sum()}")
     if args.train_file:
         tr = loc_lengths(tok, load_records(args.data, args.train_file))
