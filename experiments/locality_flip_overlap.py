@@ -11,8 +11,8 @@ prints, per margin bucket, how many answers each editor loses and how many all o
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 BUCKETS = ((0.0, 0.01), (0.01, 0.03), (0.03, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, float("inf")))
@@ -37,4 +37,8 @@ def main(margins_file: str, *eval_files: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("margins_file", help="experiments/locality_margins.py output for the evaluated records")
+    ap.add_argument("eval_files", nargs="+", help="mend-jax eval --per-record JSON files of the same records")
+    a = ap.parse_args()
+    main(a.margins_file, *a.eval_files)

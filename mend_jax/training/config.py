@@ -75,6 +75,8 @@ class TrainConfig:
     val_size: int = 100
     patience: int = 1000  # steps without dev improvement
     ckpt_every: int = 50
+    # wall-clock budget of this invocation, set-up and compilation included (the summary's "minutes"); the run stops
+    # after the first step that ends past it, with a checkpoint, so it overshoots by one step (plus validation)
     max_minutes: float | None = None
     seed: int = 0
     out: str = "runs/editor"
