@@ -326,6 +326,9 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         return out
     stop_key = f"val/{VAL_KEY}_all" if len(val_sets) > 1 else f"val/{VAL_KEY}"
     t0 = time.time()
+
+    def minutes() -> float:  # one clock for --max-minutes and the summary: set-up, compilation and every step
+        return (time.time() - t0 + setup_s) / 60
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="meta-training", unit="step")
     step = start
     last_saved = start
@@ -364,9 +367,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
             _log(log_path, row)
         if stopped != "steps":
             break
-        # the limit reads the clock the summary's "minutes" reads (set-up, the first step's compilation, every step),
-        # so the minutes a run reports are the minutes it was allowed (until session 22 it left compilation out)
-        if cfg.max_minutes and (time.time() - t0 + setup_s) / 60 > cfg.max_minutes:
+        if cfg.max_minutes and minutes() > cfg.max_minutes:
             stopped = "time limit"
             if last_saved != step:
                 ckpt.save(step, ts, meta_dict(step))
@@ -374,7 +375,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     bar.close()
     ckpt.close()
     summary = {"steps": step, "stopped": stopped, "best_val_loss": best if math.isfinite(best) else None,
-               "minutes": (time.time() - t0 + setup_s) / 60, "hidden_cache_minutes": cache_s / 60,
+               "minutes": minutes(), "hidden_cache_minutes": cache_s / 60,
                "projection_minutes": projection_s / 60,
                "n_train_records": len(records), "out": str(out)}
     if placement.main:
