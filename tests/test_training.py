@@ -710,3 +710,37 @@ def test_flip_loss_in_training_is_the_hinge_of_the_materialised_edit(tiny_lm):
     assert float(m["finite"]) == 1.0 and "loss/flip" in m
     with pytest.raises(MendJaxError, match="c-flip"):
         TrainConfig(c_flip=-1.0)
+
+
+def test_learning_rate_cool_down_scales_each_update_and_ends_at_zero(tiny_lm):
+    """--lr-decay-steps: step s's update is the constant-rate update times min(1, (total - s) / decay), for the
+    editor nets and the step sizes alike; Adam's moments are the same as without the cool-down."""
+    import dataclasses
+    editor, records = setup(tiny_lm)
+    tx = make_optimizer(1e-3, 1e-4, 100.0)
+    ts0 = init_train_state(editor, tx, jax.random.key(0))
+    batch = training_batch(tiny_lm.tokenizer, records, DataOrder(len(records), 0), 0, 2, SHAPES, 128)
+    hp = StepHParams()
+    const = make_train_step(editor, tiny_lm.config, tx, hp, donate=False)
+    cool = make_train_step(editor, tiny_lm.config, tx, dataclasses.replace(hp, decay_steps=8, total_steps=10),
+                           donate=False)
+    for s, factor in [(0, 1.0), (2, 1.0), (4, 0.75), (9, 0.125), (10, 0.0), (12, 0.0)]:
+        at = dict(ts0, step=jax.numpy.asarray(s, jax.numpy.int32))
+        a, ma = const(at, tiny_lm.params, batch)
+        b, mb = cool(at, tiny_lm.params, batch)
+        assert float(ma["lr_multiplier"]) == 1.0 and float(mb["lr_multiplier"]) == pytest.approx(factor)
+        moved = jax.tree.map(lambda x, y: np.asarray(y) - np.asarray(x), ts0["params"], a["params"])
+        moved_cool = jax.tree.map(lambda x, y: np.asarray(y) - np.asarray(x), ts0["params"], b["params"])
+        for name in ("nets", "edit_lrs"):
+            for d, dc in zip(jax.tree.leaves(moved[name]), jax.tree.leaves(moved_cool[name])):
+                np.testing.assert_allclose(dc, factor * d, rtol=1e-4, atol=1e-9)
+        assert max(np.abs(d).max() for d in jax.tree.leaves(moved)) > 0  # the constant step does move
+        jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+                     a["opt_state"], b["opt_state"])
+
+
+def test_bad_learning_rate_decay_is_refused():
+    from mend_jax.errors import MendJaxError
+    from mend_jax.training.config import TrainConfig
+    with pytest.raises(MendJaxError, match="--lr-decay-steps"):
+        TrainConfig(lr_decay_steps=-1)

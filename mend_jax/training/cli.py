@@ -85,6 +85,10 @@ def register(sub) -> None:
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
                            help="learn per edited layer an exponent p so that k edits at once take the step "
                                 "alpha * k**p (p = 0 at start; trained by the k > 1 problems of --schedule)")
+        elif f.name == "lr_decay_steps":
+            p.add_argument(flag, type=int, default=f.default,
+                           help="both learning rates fall linearly to 0 over the last N of --steps (a cool-down; "
+                                "with --init-from, steps count from the warm start); 0: constant")
         elif f.name == "init_from":
             p.add_argument(flag, default=None, help="warm start: the editor (not the optimizer state) of another "
                                                    "run's checkpoint (--init-which), e.g. its --out folder")

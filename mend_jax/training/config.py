@@ -47,6 +47,10 @@ class TrainConfig:
     c_flip: float = 0.0
     lr: float = 1e-5  # editor nets (paper 1e-6)
     lr_lr: float = 1e-5  # step sizes (paper 1e-4, but in effect 1e-6 in the original code)
+    # N > 0: both learning rates fall linearly to 0 over the last N of ``steps`` (counted from the warm start of an
+    # --init-from run), a cool-down that settles the editor instead of leaving it where the last noisy batches put
+    # it; Adam's moments are unchanged (the schedule scales Adam's updates). 0: constant learning rates (MEND)
+    lr_decay_steps: int = 0
     edit_lr_init: float = 1e-4  # alpha_0 > 0 with W~ = W - alpha * update: first edits descend
     edit_lr_k_power: bool = False  # step sizes alpha_l * k**p_l for k edits at once, p_l learned (EditorConfig)
     # editor steps per edit, in training and (by default) whenever the editor is loaded: step s > 1 edits from the
@@ -127,6 +131,9 @@ class TrainConfig:
                                f"not {self.loc_answer_len}")
         if self.c_flip < 0:
             raise MendJaxError(f"--c-flip must be >= 0 (0: off), not {self.c_flip}")
+        if self.lr_decay_steps < 0:
+            raise MendJaxError(f"--lr-decay-steps must be >= 0 (0: constant learning rates), not "
+                               f"{self.lr_decay_steps}")
         if self.edit_steps < 1:
             raise MendJaxError(f"--edit-steps must be >= 1 (1: MEND's one editor step per edit), not {self.edit_steps}")
         if self.schedule:
@@ -165,6 +172,7 @@ class TrainConfig:
         d.setdefault("c_loc_batched", None)
         d.setdefault("factor_positions", "all")
         d.setdefault("loc_answer_len", 0)
+        d.setdefault("lr_decay_steps", 0)
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

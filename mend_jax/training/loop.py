@@ -238,7 +238,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     own_ok = own_loc_fits(model.tokenizer, records, shapes)
     tx = make_optimizer(cfg.lr, cfg.lr_lr, cfg.grad_clip)
     hp = StepHParams(cfg.c_edit, cfg.c_loc, edit_on_prompt=cfg.edit_loss_on == "both", edit_steps=cfg.edit_steps,
-                     loc_on_answer=cfg.loc_loss_on == "answer", c_flip=cfg.c_flip)
+                     loc_on_answer=cfg.loc_loss_on == "answer", c_flip=cfg.c_flip,
+                     decay_steps=cfg.lr_decay_steps, total_steps=cfg.steps)
     step_shapes = cfg.step_shapes()
     # one jitted step per shape; on one device the editor runs on the step's real rows only (a static budget from
     # the data; a batch over it takes the full step, compiled when first needed): see StepHParams.rows

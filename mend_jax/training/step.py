@@ -73,6 +73,19 @@ class StepHParams:
     # penalises an edit that takes more than half the margin of the pre-edit argmax, i.e. that flips near-ties,
     # which the KL hardly sees); 0: off (MEND)
     c_flip: float = 0.0
+    # learning-rate cool-down: with ``decay_steps`` > 0, the optimizer's updates of step s (the train state's step
+    # counter) are scaled by min(1, (total_steps - s) / decay_steps), i.e. both learning rates fall linearly to 0
+    # over the last ``decay_steps`` steps before ``total_steps``; 0: constant (TrainConfig.lr_decay_steps)
+    decay_steps: int = 0
+    total_steps: int = 0
+
+
+def lr_multiplier(hp: StepHParams, step):
+    """The factor on step ``step``'s learning rates under ``hp``'s cool-down (1 without one)."""
+    if hp.decay_steps <= 0:
+        return jnp.ones((), jnp.float32)
+    left = (hp.total_steps - step).astype(jnp.float32)
+    return jnp.clip(left / hp.decay_steps, 0.0, 1.0)
 
 
 def make_optimizer(lr: float, lr_lr: float, grad_clip: float, max_consecutive_nonfinite: int = 100):
@@ -219,11 +232,14 @@ def make_train_step(editor: Editor, cfg, tx, hp: StepHParams = StepHParams(), do
                                       hp.update_stats, hidden)
         (loss, (metrics, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts["params"])
         updates, opt_state = tx.update(grads, ts["opt_state"], ts["params"])
+        scale = lr_multiplier(hp, ts["step"])  # Adam's update is linear in its learning rate
+        updates = jax.tree.map(lambda u: u * scale, updates)
         params = optax.apply_updates(ts["params"], updates)
         metrics = dict(metrics)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["finite"] = jnp.isfinite(metrics["grad_norm"]).astype(jnp.float32)
         metrics["edit_lr_mean"] = params["edit_lrs"].mean()
+        metrics["lr_multiplier"] = scale
         if "edit_lr_k_power" in params:
             metrics["edit_lr_k_power_mean"] = params["edit_lr_k_power"].mean()
         return {"params": params, "stats": stats, "opt_state": opt_state, "step": ts["step"] + 1}, metrics
