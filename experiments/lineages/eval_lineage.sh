@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Evaluation of one training lineage's last checkpoint, as runs 22-24 were evaluated (the numbers of issue #6).
 # Usage: bash experiments/lineages/eval_lineage.sh RUN_FOLDER TAG   (from the repository root)
-# 1. ten edits at once: the step size is picked on zsRE dev records 200-399 (x1, x0.8, x0.7; two editor steps), the
-#    one with the highest edit reliability; the evaluation below uses records 0-199, which the pick does not see.
+# 1. ten edits at once: the step size is picked on zsRE dev records 200-399 (x1, x0.8, x0.7, x0.6, x0.5, two editor
+#    steps; runs 22-24 were probed at the first three only: K10_GRID overrides), the one with the highest edit
+#    reliability; the evaluation below uses records 0-199, which the pick does not see.
 # 2. experiments/dev_eval.sh: zsRE eval 0-499 single edits (MEND and the fine-tuning baseline in the same run),
 #    ten at once on 0-199, CounterFact val 0-199 single. Single edits use the setting fixed since run 21 (x0.7, at
 #    most 6 adaptive editor steps, margin 1 logit). Writes experiments/results/${TAG}_eval_*.json and the probe JSON.
@@ -12,7 +13,7 @@ TAG=${2:?tag, e.g. run24}
 PY=.venv/bin/python
 PROBE=experiments/results/probe_${TAG}_zsre_200_399_k10.json
 $PY experiments/tune_projection.py --editor "$RUN" --which latest --records 200:400 --edits-at-once 10 \
-  --grid "0@1.0@2;0@0.8@2;0@0.7@2" --json "$PROBE"
+  --grid "${K10_GRID:-0@1.0@2;0@0.8@2;0@0.7@2;0@0.6@2;0@0.5@2}" --json "$PROBE"
 SCALE=$($PY -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; print(max(r, key=lambda p: p['reliability_token'])['scale'])" "$PROBE")
 echo "ten at once: step scale x$SCALE (picked on zsRE dev 200-399)"
 TAG=$TAG WHICH=latest EVAL_ARGS="--edit-scale 0.7 --edit-steps 6 --edit-until-margin 1.0" \
