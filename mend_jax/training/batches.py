@@ -115,16 +115,22 @@ def encode_problems(tokenizer, problems: Sequence[Problem], shapes: Shapes, max_
 
 
 def encode_problem_groups(tokenizer, groups: Sequence[Sequence[Problem]], shapes: Shapes,
-                          max_length: int) -> MetaBatch:
+                          max_length: int, extra_loc: Sequence[Sequence[tuple[str, str]]] | None = None) -> MetaBatch:
     """N problems of k edits each (applied at once: their factors are summed into one update) -> MetaBatch with
-    fields [N, k, ...]; the edit loss averages over the k rephrases, the locality KL over the k locality inputs."""
+    fields [N, k, ...]; the edit loss averages over the k rephrases, the locality KL over the k locality inputs.
+    ``extra_loc``: per problem, E more locality pairs (e.g. text passages) after its k own: ``loc`` is then
+    [N, k + E, ...] and the KL is over all of them."""
     def one(prompts, targets, seq, target_len=shapes.target_len):
         return encode_examples(tokenizer, prompts, targets, max_length=max_length, seq_len=seq,
                                target_len=target_len)
     edit = stack_batches([one([p.prompt for p in g], [p.target for p in g], shapes.seq_len) for g in groups])
     equiv = stack_batches([one([p.equiv_prompt for p in g], [p.target for p in g], shapes.seq_len) for g in groups])
-    loc = stack_batches([one([p.loc_prompt for p in g], [p.loc_answer for p in g], shapes.loc_len,
-                             shapes.loc_target_len) for g in groups])
+    extra = extra_loc or [()] * len(groups)
+    if len(extra) != len(groups):
+        raise ValueError(f"extra_loc has {len(extra)} entries for {len(groups)} problems")
+    loc = stack_batches([one([p.loc_prompt for p in g] + [q for q, _ in x],
+                             [p.loc_answer for p in g] + [a for _, a in x], shapes.loc_len,
+                             shapes.loc_target_len) for g, x in zip(groups, extra)])
     return MetaBatch(edit, equiv, loc)
 
 
@@ -147,6 +153,24 @@ class DataOrder:
 
     def rng(self, g: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, 11, g])
+
+    def text_rng(self, g: int) -> np.random.Generator:
+        """The generator of the text-locality passages of the problem whose first example is ``g`` (a stream of its
+        own: the problem's rephrase and locality draws do not change when passages are added)."""
+        return np.random.default_rng([self.seed, 17, g])
+
+
+def fitting_passages(tokenizer, passages: Sequence[tuple[str, str]], shapes: Shapes) -> list[tuple[str, str]]:
+    """The text-locality passages that fit the locality shapes as a (prompt, answer) pair (others are dropped)."""
+    out = []
+    for q, a in passages:
+        try:
+            tq, ta = tokenize_pair(tokenizer, q, a)
+        except (InvalidEditError, InputTooLongError):
+            continue
+        if loc_fits(len(tq), len(ta), shapes):
+            out.append((q, a))
+    return out
 
 
 def step_layout(step_shapes: Sequence[tuple[int, int]], step: int) -> tuple[int, int, int]:
@@ -186,18 +210,27 @@ def row_budget(tokenizer, records: Sequence[EditRecord], n_examples: int, shapes
 
 def training_batch(tokenizer, records, order: DataOrder, step: int, n: int, shapes: Shapes,
                    max_length: int, train_loc: str = "other", own_loc_ok: frozenset[int] | None = None,
-                   problems: slice | None = None, edits_per_problem: int = 1, start: int | None = None) -> MetaBatch:
+                   problems: slice | None = None, edits_per_problem: int = 1, start: int | None = None,
+                   loc_text: Sequence[tuple[str, str]] = (), loc_text_rows: int = 0) -> MetaBatch:
     """The ``n`` problems of ``step`` (or only those in ``problems``, a slice of them: one process's share), each
     of ``edits_per_problem`` edits applied at once (MEND's batched editing). Example ``g`` of the run is the
     ``g``-th of the data order, so one edit per problem gives the same examples whatever the slicing. ``start``:
-    the step's first example (default ``step * n * edits_per_problem``; see :func:`step_layout` for mixed shapes)."""
+    the step's first example (default ``step * n * edits_per_problem``; see :func:`step_layout` for mixed shapes).
+    ``loc_text``/``loc_text_rows``: each problem also gets that many passages (drawn with replacement by
+    :meth:`DataOrder.text_rng` of its first example) as further locality inputs."""
     sl = problems or slice(0, n)
     k = edits_per_problem
     start = step * n * k if start is None else start
     groups = [[problem_for(records, order.record(g), order.rng(g), train=True, train_loc=train_loc,
                            own_loc_ok=own_loc_ok) for g in range(start + j * k, start + (j + 1) * k)]
               for j in range(sl.start, sl.stop)]
-    return encode_problem_groups(tokenizer, groups, shapes, max_length)
+    extra = None
+    if loc_text_rows:
+        if not loc_text:
+            raise InvalidEditError("loc_text_rows > 0 needs locality passages (loc_text)")
+        extra = [[loc_text[i] for i in order.text_rng(start + j * k).integers(0, len(loc_text), loc_text_rows)]
+                 for j in range(sl.start, sl.stop)]
+    return encode_problem_groups(tokenizer, groups, shapes, max_length, extra)
 
 
 def validation_batches(tokenizer, records, n: int, shapes: Shapes, max_length: int, seed: int,

@@ -85,6 +85,11 @@ def register(sub) -> None:
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
                            help="learn per edited layer an exponent p so that k edits at once take the step "
                                 "alpha * k**p (p = 0 at start; trained by the k > 1 problems of --schedule)")
+        elif f.name == "loc_text":
+            p.add_argument(flag, default=None,
+                           help="plain text (a file, e.g. ../shared/data/wikitext/wiki.test.raw, or a Hub id "
+                                "ID[:CONFIG]) whose passages are added to every training problem as further "
+                                "locality inputs (--loc-text-rows of them)")
         elif f.name == "lr_decay_steps":
             p.add_argument(flag, type=int, default=f.default,
                            help="both learning rates fall linearly to 0 over the last N of --steps (a cool-down; "

@@ -74,6 +74,13 @@ class TrainConfig:
     # whose answer is longer (or whose question + answer exceed loc_len) are replaced by another record's (train) or
     # leave the record out (validation)
     loc_answer_len: int = 0
+    # plain-text locality (data/text.py): a text file or Hub id (e.g. ../shared/data/wikitext/wiki.test.raw); every
+    # training problem then also gets ``loc_text_rows`` passages of it (16-word runs of running text, the first
+    # ``loc_text_passages`` that fit the locality shapes) as further locality inputs, generic text positions being
+    # where whole-answer locality is lost. None: the records' locality pairs only (MEND). Validation is unchanged
+    loc_text: str | None = None
+    loc_text_rows: int = 1
+    loc_text_passages: int = 4096
     # validation / early stopping / checkpoints
     val_every: int = 100
     val_size: int = 100
@@ -131,6 +138,9 @@ class TrainConfig:
                                f"not {self.loc_answer_len}")
         if self.c_flip < 0:
             raise MendJaxError(f"--c-flip must be >= 0 (0: off), not {self.c_flip}")
+        if self.loc_text and (self.loc_text_rows < 1 or self.loc_text_passages < 1):
+            raise MendJaxError(f"--loc-text needs --loc-text-rows >= 1 and --loc-text-passages >= 1, not "
+                               f"{self.loc_text_rows} and {self.loc_text_passages}")
         if self.lr_decay_steps < 0:
             raise MendJaxError(f"--lr-decay-steps must be >= 0 (0: constant learning rates), not "
                                f"{self.lr_decay_steps}")
@@ -173,6 +183,9 @@ class TrainConfig:
         d.setdefault("factor_positions", "all")
         d.setdefault("loc_answer_len", 0)
         d.setdefault("lr_decay_steps", 0)
+        d.setdefault("loc_text", None)
+        d.setdefault("loc_text_rows", 1)
+        d.setdefault("loc_text_passages", 4096)
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
         return cls(**d)
 

@@ -202,12 +202,14 @@ class FrozenHiddenCache:
 
 
 def training_inputs(tokenizer, records: Sequence[EditRecord], train_loc: str,
-                    own_loc_ok: frozenset[int] | None = None, max_tokens: int | None = None) -> list[list[int]]:
+                    own_loc_ok: frozenset[int] | None = None, max_tokens: int | None = None,
+                    extra_pairs: Sequence[tuple[str, str]] = ()) -> list[list[int]]:
     """Every token sequence a training problem of ``records`` can hold (see ``batches.problem_for``): each record's
     edit prompt and each of its rephrases with the new target, its own locality pair, and, when a problem can borrow
     another record's locality pair (``train_loc`` other/mix, or a record without a fitting own pair), every record's
     lendable pair. Pairs that do not tokenise or are longer than ``max_tokens`` (the step's longest shape) are
-    skipped: ``filter_records`` and ``own_loc_fits`` keep them out of every problem."""
+    skipped: ``filter_records`` and ``own_loc_fits`` keep them out of every problem. ``extra_pairs``: further
+    pairs a problem may hold (the text-locality passages)."""
     seen: set[int] = set()
     pairs: list[tuple[str, str]] = []
     borrow = train_loc != "own" or own_loc_ok is None or len(own_loc_ok) < len(records)
@@ -220,6 +222,7 @@ def training_inputs(tokenizer, records: Sequence[EditRecord], train_loc: str,
             pairs.append((r.loc_prompt, r.loc_answer))
         if borrow:
             pairs.append(_training_loc_pair(r))
+    pairs += list(extra_pairs)
     out = []
     for p, t in dict.fromkeys(pairs):
         if not (p and t):

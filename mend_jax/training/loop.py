@@ -16,13 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mend_jax.checkpoints import EditorCheckpoints, check_fingerprint, model_fingerprint
-from mend_jax.data import load_records
+from mend_jax.data import DataError, load_records
 from mend_jax.editing.editor import EditorConfig, EditorSpec, mend_editor
 from mend_jax.editing.projection import training_projection
 from mend_jax.errors import CheckpointError, MendJaxError
 from mend_jax.editing.batch import factor_rows
-from mend_jax.training.batches import (DataOrder, Shapes, filter_records, own_loc_fits, row_budget, step_layout,
-                                      training_batch, validation_batches)
+from mend_jax.training.batches import (DataOrder, Shapes, filter_records, fitting_passages, own_loc_fits,
+                                      row_budget, step_layout, training_batch, validation_batches)
 from mend_jax.models import layer_index
 from mend_jax.training.config import TrainConfig
 from mend_jax.training.frozen_cache import FrozenHiddenCache, frozen_weights_digest, training_inputs
@@ -236,6 +236,15 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     records, dev = load_training_data(model.tokenizer, cfg, shapes)
     order = DataOrder(len(records), cfg.seed)
     own_ok = own_loc_fits(model.tokenizer, records, shapes)
+    passages: list[tuple[str, str]] = []
+    if cfg.loc_text:
+        from mend_jax.data.text import load_text_passages
+        passages = fitting_passages(model.tokenizer, load_text_passages(cfg.loc_text, limit=cfg.loc_text_passages),
+                                    shapes)
+        if not passages:
+            raise DataError(f"--loc-text {cfg.loc_text}: no passage fits the locality shapes (--loc-len "
+                            f"{cfg.loc_len}, --loc-answer-len {cfg.loc_answer_len})")
+        placement.log(f"{len(passages)} locality passages from {cfg.loc_text}, {cfg.loc_text_rows} per problem")
     tx = make_optimizer(cfg.lr, cfg.lr_lr, cfg.grad_clip)
     hp = StepHParams(cfg.c_edit, cfg.c_loc, edit_on_prompt=cfg.edit_loss_on == "both", edit_steps=cfg.edit_steps,
                      loc_on_answer=cfg.loc_loss_on == "answer", c_flip=cfg.c_flip,
@@ -272,7 +281,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         digest, cache_dir = frozen_weights_digest(model, first), out / "hidden_cache"
         loaded = cache.load(cache_dir, digest)
         added = cache.add(training_inputs(model.tokenizer, records, cfg.train_loc, own_ok,
-                                          max(shapes.seq_len, shapes.loc_len)), progress=progress)
+                                          max(shapes.seq_len, shapes.loc_len), passages), progress=progress)
         if added:
             cache.save(cache_dir, digest)
         cache_s = time.time() - t_cache
@@ -339,7 +348,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         batch = placement.batch(training_batch(model.tokenizer, records, order, step, n, shapes,
                                                model.config.max_position_embeddings, cfg.train_loc, own_ok,
                                                problems=placement.rows(n), edits_per_problem=k,
-                                               start=first_example), n)
+                                               start=first_example, loc_text=passages,
+                                               loc_text_rows=cfg.loc_text_rows if passages else 0), n)
         hidden = (cache.for_batch(batch),) if cache is not None else ()
         ts, metrics = step_fn(n, k, batch)(ts, model.params, batch, *hidden)
         step += 1
