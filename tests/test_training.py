@@ -744,3 +744,18 @@ def test_bad_learning_rate_decay_is_refused():
     from mend_jax.training.config import TrainConfig
     with pytest.raises(MendJaxError, match="--lr-decay-steps"):
         TrainConfig(lr_decay_steps=-1)
+
+
+def test_the_summary_adds_up_the_minutes_of_every_invocation_of_a_run_folder(tiny_lm, tmp_path):
+    """A run split over invocations (or killed and resumed) reports its minutes in all in ``minutes_total``: the
+    earlier invocations' minutes up to the checkpoint resumed from, plus this one's."""
+    from mend_jax.checkpoints import read_meta
+    from mend_jax.training.loop import train
+    first = train(_tiny_cfg(tmp_path / "run", 2), model=tiny_lm, progress=False)
+    assert first["minutes_total"] == pytest.approx(first["minutes"])
+    step, meta = read_meta(tmp_path / "run" / "checkpoints", "latest")
+    saved = meta["minutes_total"]
+    assert step == 2
+    assert 0 < saved <= first["minutes"]
+    second = train(_tiny_cfg(tmp_path / "run", 3), model=tiny_lm, progress=False)
+    assert second["minutes_total"] == pytest.approx(saved + second["minutes"])

@@ -299,11 +299,13 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     ts = placement.train_state(init_train_state(editor, tx, jax.random.key(cfg.seed)), editor, model.config, tx)
     best = math.inf
     since_best = 0
+    earlier_minutes = 0.0  # the minutes of the earlier invocations of this run folder, up to its last checkpoint
     if ckpt.latest_step() is not None:
         ts, meta = ckpt.restore(ts)  # restored straight into ``ts``'s shardings (this run's mesh)
         check_fingerprint(meta["fingerprint"], fingerprint, str(out))
         ts["step"] = jnp.asarray(ts["step"], jnp.int32)
         best, since_best = meta.get("best", math.inf), meta.get("since_best", 0)
+        earlier_minutes = meta.get("minutes_total", 0.0)  # 0 for checkpoints written before it was recorded
         if placement.main:
             _truncate_log(log_path, int(ts["step"]))
         placement.log(f"resumed from step {int(ts['step'])} in {out}")
@@ -315,7 +317,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     def meta_dict(step, val=None):
         return {"step": step, "config": cfg.to_json(), "editor_config": ecfg.__dict__,
                 "editor_layers": list(editor.spec.layers), "fingerprint": fingerprint, "best": best,
-                "since_best": since_best, "val": val or {}, "n_train_records": len(records)}
+                "since_best": since_best, "val": val or {}, "n_train_records": len(records),
+                "minutes_total": earlier_minutes + minutes()}
 
     # validation on every edits-per-problem k of the steps (first shape: "val/...", others: "val_k{k}/...")
     val_sets = {}
@@ -386,7 +389,10 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     bar.close()
     ckpt.close()
     summary = {"steps": step, "stopped": stopped, "best_val_loss": best if math.isfinite(best) else None,
-               "minutes": minutes(), "hidden_cache_minutes": cache_s / 60,
+               "minutes": minutes(),
+               # this folder's invocations together: a killed invocation counts up to its last checkpoint (the steps
+               # after it are done again, and counted, by the next one)
+               "minutes_total": earlier_minutes + minutes(), "hidden_cache_minutes": cache_s / 60,
                "projection_minutes": projection_s / 60,
                "n_train_records": len(records), "out": str(out)}
     if placement.main:
