@@ -2,7 +2,8 @@
 # Run 22: run 17's last checkpoint with its Adam state continued with run 24's settings (locality answers up to
 # 16 tokens, c_loc 8, c_loc_batched 4, patience 2000) for the rest of the 180 CPU-minutes (run 22 was evaluated at
 # step 2400, 99.3 minutes): `MAX_MINUTES=<180 minus run 17's summary minutes> bash experiments/lineages/run22.sh`.
-# Run from the repository root; ../shared/data holds the train splits and the zsRE dev file.
+# Run from the repository root; ../shared/data holds the train splits and the zsRE dev file. Arguments are added
+# to the command (run26.sh: run 22's recipe with one more option).
 set -euo pipefail
 OUT=${OUT:-runs/run22}
 MAX_MINUTES=${MAX_MINUTES:?set MAX_MINUTES, the CPU-minutes this invocation may use}
@@ -12,4 +13,4 @@ mkdir -p "$OUT"
 for f in projection_bases.npz whitening_maps.npz; do [ -e "$OUT/$f" ] || cp runs/run17/$f "$OUT/$f"; done
 source experiments/lineages/train_common.sh
 lineage_train --patience 2000 --c-loc 8.0 --c-loc-batched 4.0 --loc-len 32 --loc-answer-len 16 \
-  --init-from runs/run17 --init-which latest --init-optimizer true
+  --init-from runs/run17 --init-which latest --init-optimizer true "$@"
