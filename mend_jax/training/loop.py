@@ -237,6 +237,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     order = DataOrder(len(records), cfg.seed)
     own_ok = own_loc_fits(model.tokenizer, records, shapes)
     passages: list[tuple[str, str]] = []
+    t_text = time.time()
     if cfg.loc_text:
         from mend_jax.data.text import load_text_passages
         passages = fitting_passages(model.tokenizer, load_text_passages(cfg.loc_text, limit=cfg.loc_text_passages),
@@ -245,6 +246,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
             raise DataError(f"--loc-text {cfg.loc_text}: no passage fits the locality shapes (--loc-len "
                             f"{cfg.loc_len}, --loc-answer-len {cfg.loc_answer_len})")
         placement.log(f"{len(passages)} locality passages from {cfg.loc_text}, {cfg.loc_text_rows} per problem")
+    text_s = time.time() - t_text
     tx = make_optimizer(cfg.lr, cfg.lr_lr, cfg.grad_clip)
     hp = StepHParams(cfg.c_edit, cfg.c_loc, edit_on_prompt=cfg.edit_loss_on == "both", edit_steps=cfg.edit_steps,
                      loc_on_answer=cfg.loc_loss_on == "answer", c_flip=cfg.c_flip,
@@ -270,7 +272,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         return full_fns[(n, k)]
     # the frozen blocks once per distinct input (one device): each step then runs only the edited blocks and the head
     cache, cache_s = None, 0.0
-    setup_s = projection_s  # training time spent before the first step: counted in --max-minutes and the summary
+    setup_s = projection_s + text_s  # training time before the first step: counted in --max-minutes and the summary
     if cfg.hidden_cache and placement.mesh is not None:
         placement.log("--hidden-cache is for one device: the mesh step recomputes the frozen blocks itself")
     elif cfg.hidden_cache:
