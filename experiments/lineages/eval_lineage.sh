@@ -8,7 +8,7 @@
 #    ten at once on 0-199, CounterFact val 0-199 single. Single edits use the setting fixed since run 21 (x0.7, at
 #    most 6 adaptive editor steps, margin 1 logit). Writes experiments/results/${TAG}_eval_*.json and the probe JSON.
 set -euo pipefail
-source scripts/jemalloc.sh  # preloads jemalloc where the system has it (2x on the CPU machine)
+source scripts/jemalloc.sh  # preloads jemalloc where the system has it (see that file)
 RUN=${1:?editor folder, e.g. runs/run24}
 TAG=${2:?tag, e.g. run24}
 PY=.venv/bin/python
