@@ -6,7 +6,9 @@ A resumed run appends to the same log, and each invocation's ``time`` starts aga
 invocations of one run folder with different settings (an allocator, XLA flags) can be compared on the same
 workload: fixed, bucketed shapes, the same schedule. Steps whose problems hold one edit and ten edits are timed
 apart (``--schedule 8x1,1x10``); validation steps and the first three of each kind per invocation (warm-up) are left
-out.
+out. ``--compare RUN...``: also the largest difference of the logged loss on the steps every folder has logged
+(their last invocations, started from copies of one checkpoint: settings that must not change the arithmetic, like the allocator,
+give 0.0).
 """
 from __future__ import annotations
 
@@ -38,9 +40,16 @@ def step_times(group: list[dict], val_every: int) -> dict:
     return out
 
 
+def losses(run: Path) -> dict[int, float]:
+    """step -> loss, from the folder's last invocation (the earlier ones may be a shared, copied history)."""
+    return {r["step"]: r["loss"] for r in invocations(run / "log.jsonl")[-1]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
+    ap.add_argument("--compare", type=Path, nargs="*", default=[],
+                    help="other run folders: print the largest |loss difference| on the steps all of them logged")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     cfg = json.loads((args.run / "train_config.json").read_text())
@@ -52,6 +61,13 @@ def main():
         kinds = "  ".join(f"{k}: median {v['median_s']:.3f} s (n={v['n']})" for k, v in entry.items()
                           if k.startswith("edits"))
         print(f"steps {entry['first_step']:>6}-{entry['last_step']:<6} {kinds}")
+    if args.compare:
+        mine = losses(args.run)
+        others = [losses(r) for r in args.compare]
+        steps = sorted(set(mine).intersection(*others))
+        diff = max((abs(mine[s] - o[s]) for o in others for s in steps), default=float("nan"))
+        print(f"loss on {len(steps)} common steps: max |difference| {diff:.3g} against " +
+              ", ".join(str(r) for r in args.compare))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

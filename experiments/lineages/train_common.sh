@@ -1,7 +1,7 @@
 # Sourced by the lineage scripts: the flags runs 17, 22 and 24 share (run 8's command + whitening 8 and
 # edit_lr_init 1e-3). `lineage_train FLAGS...` adds a run's own flags and the time limit / output folder.
 lineage_train() {
-  source scripts/jemalloc.sh  # jemalloc where installed: 1.28x a step on the CPU machine (see that file)
+  source scripts/jemalloc.sh  # jemalloc where installed: 1.26x a step on the CPU machine (see that file)
   exec .venv/bin/mend-jax train --model smollm2-135m --edit-blocks 3 --data zsre,counterfact \
     --train-file ../shared/data/zsre/zsre_mend_train-1k.json,../shared/data/counterfact/counterfact-train.json \
     --repeats 5,1 --train-loc own \
