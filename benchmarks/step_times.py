@@ -19,6 +19,9 @@ from pathlib import Path
 
 
 def invocations(log: Path) -> list[list[dict]]:
+    """The step rows of a log, one list per invocation. A resumed run first truncates the log to its checkpoint's
+    step, so steps run on without a gap; an invocation starts where the logged ``time`` (seconds since that
+    invocation's start) goes back."""
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "time" in r and "step" in r and "loss" in r]
     runs: list[list[dict]] = [[]]
