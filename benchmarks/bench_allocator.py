@@ -25,18 +25,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CANDIDATES = ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
-              "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2"]
-RETAIN = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 TIMES = {"fwd_bwd": "a_fwd_bwd", "edit_1": "b_edit_1", "edit_10": "c_edit_10", "train_step": "d_train_step"}
 
 
-def find_jemalloc() -> str:
-    for lib in CANDIDATES:
-        if os.path.exists(lib):
-            return lib
-    sys.exit("bench_allocator: libjemalloc.so.2 not found (install it: `apt install libjemalloc2`, or pass "
-             "--jemalloc /path/to/libjemalloc.so.2)")
+def project_jemalloc(library: str | None = None) -> tuple[str, str]:
+    """(library, MALLOC_CONF) as ``scripts/jemalloc.sh`` sets them on this machine (``library``: its
+    MEND_JAX_JEMALLOC): the benchmark measures what the project's commands run with, from the one place that
+    decides it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "MEND_JAX_NO_JEMALLOC")}
+    if library:
+        env["MEND_JAX_JEMALLOC"] = library
+    out = subprocess.run(["sh", "-c", '. scripts/jemalloc.sh && printf "%s|%s" "${LD_PRELOAD:-}" "${MALLOC_CONF:-}"'],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    lib, conf = out.split("|")
+    return lib, conf
 
 
 def run_child(model: str, repeats: int, name: str, extra_env: dict) -> dict:
@@ -69,9 +71,14 @@ def main():
     ap.add_argument("--jemalloc", default=None, help="path of libjemalloc.so.2 (default: the usual system paths)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    lib = args.jemalloc or find_jemalloc()
+    if args.jemalloc and not os.path.isfile(args.jemalloc):
+        sys.exit(f"bench_allocator: --jemalloc {args.jemalloc} is not a file (pass the path of libjemalloc.so.2)")
+    lib, retain = project_jemalloc(args.jemalloc)
+    if not lib:
+        sys.exit(f"bench_allocator: libjemalloc.so.2 not found by scripts/jemalloc.sh{' at ' + args.jemalloc if args.jemalloc else ''} "
+                 "(install it: `apt install libjemalloc2`, or pass --jemalloc /path/to/libjemalloc.so.2)")
     variants = {"glibc": {}, "jemalloc": {"LD_PRELOAD": lib},
-                "jemalloc-retain": {"LD_PRELOAD": lib, "MALLOC_CONF": RETAIN}}
+                "jemalloc-retain": {"LD_PRELOAD": lib, "MALLOC_CONF": retain}}
     runs = [run_child(args.model, args.repeats, name, env) for name, env in variants.items()]
     glibc = runs[0]
     ratios = {f"{k} glibc/{r['allocator']}": glibc[k] / r[k] for r in runs[1:] for k in [*TIMES, "wall_s"]}

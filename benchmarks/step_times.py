@@ -55,6 +55,10 @@ def main():
                     help="other run folders: print the largest |loss difference| on the steps all of them logged")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    for run in [args.run, *args.compare]:
+        if not (run / "log.jsonl").is_file() or not (run / "train_config.json").is_file():
+            ap.error(f"{run} is not a training run folder (no log.jsonl / train_config.json): pass the --out "
+                     "folder of `mend-jax train`")
     cfg = json.loads((args.run / "train_config.json").read_text())
     val_every = int(cfg.get("val_every", 0) or 0)
     result = []
