@@ -68,7 +68,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--jemalloc", default=None, help="path of libjemalloc.so.2 (default: the usual system paths)")
+    ap.add_argument("--jemalloc", default=None, help="path of libjemalloc.so.2 (default: the one scripts/jemalloc.sh finds)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.jemalloc and not os.path.isfile(args.jemalloc):
