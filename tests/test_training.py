@@ -759,3 +759,39 @@ def test_the_summary_adds_up_the_minutes_of_every_invocation_of_a_run_folder(tin
     assert 0 < saved <= first["minutes"]
     second = train(_tiny_cfg(tmp_path / "run", 3), model=tiny_lm, progress=False)
     assert second["minutes_total"] == pytest.approx(saved + second["minutes"])
+
+
+def test_time_limit_stops_before_the_step_that_would_pass_it(tiny_lm, tmp_path, monkeypatch):
+    """``--max-minutes``: before each step the loop asks whether that step (its last measured time, its validation
+    if one is due, the time-limit checkpoint) would end past the limit, and stops first where it would, saving a
+    checkpoint at the step it reached. The clock is the machine's, so the decision is replaced by one that says
+    "would pass" at its third question (before step 4) and the wiring is checked: measured times passed in, the
+    validation's only where one is due (steps 2 and 4 with ``val_every=2``)."""
+    import dataclasses
+
+    from mend_jax.checkpoints import checkpoints_dir, read_meta
+    from mend_jax.training import loop
+    calls = []
+
+    def passes(minutes_now, max_minutes, step_s, val_s=0.0, save_s=0.0):
+        calls.append((minutes_now, max_minutes, step_s, val_s, save_s))
+        return len(calls) == 3
+    monkeypatch.setattr(loop, "next_step_passes_limit", passes)
+    out = tmp_path / "run"
+    cfg = dataclasses.replace(_tiny_cfg(out, 6), model=str(tiny_lm.folder), val_every=2, ckpt_every=100,
+                              max_minutes=1e6)
+    summary = loop.train(cfg, model=tiny_lm, progress=False)
+    assert (summary["steps"], summary["stopped"]) == (3, "time limit")
+    assert read_meta(checkpoints_dir(out), "latest")[0] == 3
+    assert len(calls) == 3 and all(c[1] == 1e6 and c[2] > 0 for c in calls)
+    assert calls[0][3] == 0.0  # before step 2: a validation is due but none has been timed yet
+    assert calls[1][3] == 0.0  # before step 3: none due
+    assert calls[2][3] > 0 and calls[2][4] > 0  # before step 4: step 2's validation and save, timed
+    assert calls[0][0] < calls[1][0] < calls[2][0]
+
+
+def test_next_step_passes_limit_adds_the_step_validation_and_save():
+    from mend_jax.training.loop import next_step_passes_limit
+    assert not next_step_passes_limit(10.0, 10.5, step_s=20.0)  # ends at 10.33 minutes
+    assert next_step_passes_limit(10.0, 10.5, step_s=20.0, val_s=10.0, save_s=5.0)  # ends at 10.58
+    assert next_step_passes_limit(10.6, 10.5, step_s=0.0)  # already past

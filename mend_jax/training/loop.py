@@ -200,6 +200,15 @@ def _has_optimizer_state(ckdir: Path, which: str) -> bool:
     return bool(steps) and (root / str(steps[-1]) / "opt_state").is_dir()
 
 
+def next_step_passes_limit(minutes_now: float, max_minutes: float, step_s: float, val_s: float = 0.0,
+                           save_s: float = 0.0) -> bool:
+    """Whether the next step would end past ``--max-minutes``: the step's last measured time, its validation if one
+    is due and the checkpoint a time-limit stop writes, added to the minutes used so far. The loop stops *before*
+    such a step, so a run given the rest of a budget (a lineage's three hours) ends inside it instead of a step,
+    a validation and a save past it."""
+    return minutes_now + (step_s + val_s + save_s) / 60 > max_minutes
+
+
 def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     from tqdm import tqdm
     from mend_jax.weights import load_model
@@ -348,8 +357,19 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     step = start
     last_saved = start
     stopped = "steps"
+    seconds = {"val": 0.0, "save": 0.0}  # the last validation's and checkpoint save's wall time; steps by (n, k)
     while step < cfg.steps:
         n, k, first_example = step_layout(step_shapes, step)
+        steps_seen = [v for key, v in seconds.items() if isinstance(key, tuple)]
+        if cfg.max_minutes and steps_seen and next_step_passes_limit(
+                minutes(), cfg.max_minutes, seconds.get((n, k), max(steps_seen)),
+                seconds["val"] if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps else 0.0,
+                seconds["save"]):
+            stopped = "time limit"  # stop before the step that would end past the limit, not after it
+            if last_saved != step:
+                ckpt.save(step, ts, meta_dict(step))
+            break
+        t_step = time.time()
         batch = placement.batch(training_batch(model.tokenizer, records, order, step, n, shapes,
                                                model.config.max_position_embeddings, cfg.train_loc, own_ok,
                                                problems=placement.rows(n), edits_per_problem=k,
@@ -361,8 +381,10 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         bar.update(1)
         row = {"step": step, "time": time.time() - t0, "edits_per_problem": k,
                **{key: float(v) for key, v in jax.device_get(metrics).items()}}
+        seconds[(n, k)] = time.time() - t_step  # the metrics' device_get above waited for the step
         is_val = step % cfg.val_every == 0 or step == cfg.steps
         if is_val:
+            t_val = time.time()
             val = validate_all()
             row.update(val)
             improved = val[stop_key] < best
@@ -370,14 +392,18 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                 best, since_best = val[stop_key], 0
             else:
                 since_best += cfg.val_every
+            t_save = time.time()
             ckpt.save(step, ts, meta_dict(step, val), best=improved)
+            seconds["save"], seconds["val"] = time.time() - t_save, time.time() - t_val
             last_saved = step
             bar.set_postfix(val_loss=f"{val['val/loss']:.3f}", val_acc=f"{val['val/edit_acc']:.3f}",
                             val_loc=f"{val['val/loc_same']:.3f}")
             if since_best >= cfg.patience:
                 stopped = "early stop"
         elif step % cfg.ckpt_every == 0:
+            t_save = time.time()
             ckpt.save(step, ts, meta_dict(step))
+            seconds["save"] = time.time() - t_save
             last_saved = step
         if placement.main:
             _log(log_path, row)
