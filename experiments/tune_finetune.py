@@ -1,44 +1,91 @@
-"""Tune the fine-tuning baseline's learning rate on dev records (no editor involved).
+"""Tune the fine-tuning baseline's learning rate on dev records (no editor involved), on MEND's edited matrices or on
+the MLP matrices of other blocks.
 
     .venv/bin/python experiments/tune_finetune.py --data zsre \
         --file ../shared/data/zsre/zsre_mend_eval_portability_gpt4.json --records 450:500 \
         --lrs 1e-4,3e-4,1e-3 --json experiments/results/finetune_lr_zsre.json
 
-Prints, per learning rate, reliability / generalization / locality (token level) of 5 Adam steps on the edited
-matrices; pick the best reliability that keeps locality reasonable.
+Prints, per learning rate, reliability / generalization (token / exact) and locality (token / whole answers) of 5
+Adam steps on the edited matrices; pick the best reliability that keeps locality reasonable.
+
+``--blocks 27-29,21-23,15-17`` runs the same grid on the MLP matrices of each block range instead of MEND's default
+layers (results keyed ``BLOCKS@LR``): which blocks an editor could edit with fewer unrelated answers flipped, compared
+at matched reliability before any editor is trained for them. Each result lists the records whose whole locality
+answer changed (``lost_whole_answers``).
+
+``--method gradient --steps N --until-margin M`` replaces Adam by plain gradient descent in MEND's own form: the
+identity editor (``identity_editor``: the edit is the sum of the raw factors' outer products ``delta u^T`` times the
+step size ``LR``, one gradient-descent step), applied up to N times, each further step only for the edits that do
+not hold yet by M logits, as the trained editors are evaluated (``evaluate(edit_until_margin=)``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
+import jax
+
 from mend_jax.data import load_records
+from mend_jax.editing.editor import EditorSpec, identity_editor
 from mend_jax.evaluation import FineTuneConfig, evaluate
 from mend_jax.weights import load_model
 
 
+def block_layers(model, first: int, last: int) -> tuple[str, ...]:
+    """The MLP matrices of blocks ``first``..``last`` (inclusive), as the model family names them."""
+    mlp = [n for n in model.family.linear_layers(model.config) if ".mlp." in n]
+    return tuple(n for n in mlp if first <= int(n.split(".")[2]) <= last)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--data", required=True)
     ap.add_argument("--file", default=None)
-    ap.add_argument("--records", required=True)
+    ap.add_argument("--records", required=True, help="dev records only (zsRE eval 0-499, CounterFact val)")
     ap.add_argument("--lrs", default="1e-4,3e-4,1e-3")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=5, help="Adam steps; with --method gradient the most steps")
+    ap.add_argument("--method", choices=("adam", "gradient"), default="adam")
+    ap.add_argument("--until-margin", type=float, default=None,
+                    help="--method gradient: further steps only for edits not holding by this many logits")
+    ap.add_argument("--blocks", default=None, help="comma-separated FIRST-LAST block ranges (default: MEND's layers)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     model = load_model(args.model)
     records = list(load_records(args.data, args.file, records=args.records))
-    out = {"data": args.data, "file": args.file, "records": args.records, "steps": args.steps, "results": {}}
-    for lr in [float(x) for x in args.lrs.split(",")]:
-        res = evaluate(model, records, finetune_cfg=FineTuneConfig(lr, args.steps), progress=False)["finetune"]
-        out["results"][str(lr)] = res
-        print(f"lr {lr:g}: reliability {res['reliability_token']:.3f}/{res['reliability_exact']:.3f}  "
-              f"generalization {res['generalization_token']:.3f}  locality {res['locality_token']:.3f}/"
-              f"{res['locality_whole']:.3f}", flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    out = {"data": args.data, "file": args.file, "records": args.records, "steps": args.steps,
+           "method": args.method, "until_margin": args.until_margin, "results": {}}
+    spans = args.blocks.split(",") if args.blocks else [None]
+    for span in spans:
+        layers = block_layers(model, *(int(x) for x in span.split("-"))) if span else None
+        for lr in [float(x) for x in args.lrs.split(",")]:
+            t = time.time()
+            if args.method == "adam":
+                res = evaluate(model, records, finetune_cfg=FineTuneConfig(lr, args.steps), layers=layers,
+                               progress=False, per_record=True)
+                method = "finetune"
+            else:
+                fam, cfg = model.family, model.config
+                spec = EditorSpec.from_model(fam.linear_layers(cfg), layers or fam.default_edit_layers(cfg))
+                editor = identity_editor(spec, edit_lr=lr)
+                eparams, stats = editor.init(jax.random.key(0))
+                res = evaluate(model, records, editor=editor, eparams=eparams, stats=stats, edit_steps=args.steps,
+                               edit_until_margin=args.until_margin, progress=False, per_record=True)
+                method = "mend"
+            ft = res[method]
+            rows = res["per_record"]
+            out["results"][f"{span}@{lr}" if span else str(lr)] = {
+                **ft, "edited_layers": res["edited_layers"], "seconds": time.time() - t,
+                "lost_whole_answers": [i for i, w in zip(rows["index"], rows[method]["locality_whole"]) if w < 1]}
+            print(f"{f'blocks {span} ' if span else ''}lr {lr:g}: reliability {ft['reliability_token']:.3f}/"
+                  f"{ft['reliability_exact']:.3f}  generalization {ft['generalization_token']:.3f}/"
+                  f"{ft['generalization_exact']:.3f}  locality {ft['locality_token']:.3f}/{ft['locality_whole']:.3f}"
+                  + (f"  steps {ft['editor_steps']:.2f}" if "editor_steps" in ft else "")
+                  + f"  ({time.time() - t:.0f} s)", flush=True)
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(out, indent=2))  # after every point: a long grid can be cut short
 
 
 if __name__ == "__main__":

@@ -94,14 +94,17 @@ def _dense_as_params(base_params, deltas):
 def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=None, stats=None,
              edits_at_once: int = 1, finetune_cfg: FineTuneConfig | None = None, progress: bool = True,
              seed: int = 0, per_record: bool = False, edit_steps: int = 1,
-             edit_until_margin: float | None = None, edit_max_rank: int | None = None) -> dict:
+             edit_until_margin: float | None = None, edit_max_rank: int | None = None,
+             layers: Sequence[str] | None = None) -> dict:
     """Evaluate on ``records`` (``EditRecord``); returns a JSON-able dict with per-method aggregate metrics, and
     with ``per_record`` also every record's values (``out["per_record"]``: the records' ``index`` and, per method,
     one list per metric in the same order) for looking at which edits fail. ``edit_steps``: the editor applied
     that many times per edit group (:func:`mend_jax.editing.edit.iterated_mend_edits`; 1 = MEND), at most, with
     ``edit_until_margin``: the further steps only for the edits that do not hold yet on their own prompt by that
     many logits (``iterated_mend_edits(until_margin=...)``); ``edit_max_rank``: each layer's edit cut to its best
-    approximation of that rank after every step (``iterated_mend_edits(max_rank=...)``)."""
+    approximation of that rank after every step (``iterated_mend_edits(max_rank=...)``); ``layers``: the matrices
+    the fine-tuning baseline edits where no editor is given (default: the family's, MEND's last three blocks; with
+    an editor its own layers, and any other ``layers`` is an error)."""
     from tqdm import tqdm
     if editor is not None and editor.norm and not stats_initialised(stats):
         raise MendJaxError("the editor's normalisation statistics are not initialised (no training edit was seen): "
@@ -109,7 +112,20 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
     cfg = model.config
     tok = model.tokenizer
     max_len = cfg.max_position_embeddings
-    layers = editor.spec.layers if editor is not None else model.family.default_edit_layers(cfg)
+    if editor is not None and layers is not None and tuple(layers) != tuple(editor.spec.layers):
+        raise MendJaxError(f"layers={list(layers)} differ from the editor's {list(editor.spec.layers)}: an editor "
+                           "edits the layers it was trained for; leave layers out, or evaluate without the editor")
+    if editor is not None:
+        layers = editor.spec.layers
+    elif layers is None:
+        layers = model.family.default_edit_layers(cfg)
+    else:
+        known = set(model.family.linear_layers(cfg))
+        unknown = [n for n in layers if n not in known]
+        if unknown or not layers:
+            raise MendJaxError(f"cannot fine-tune {unknown or 'no layers'}: name linear layers of the model, e.g. "
+                               f"{model.family.default_edit_layers(cfg)[0]!r}")
+        layers = tuple(layers)
     first = min(layer_index(n) for n in layers)
     k = edits_at_once
     groups = [records[i:i + k] for i in range(0, len(records) - k + 1, k)]

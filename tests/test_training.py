@@ -87,6 +87,34 @@ def test_evaluation_reports_every_method(tiny_lm):
     assert res["finetune"]["reliability_token"] >= res["unedited"]["reliability_token"]
 
 
+
+def test_fine_tuning_baseline_on_chosen_layers(tiny_lm):
+    """``evaluate(layers=...)`` without an editor fine-tunes the named matrices: the default layers named explicitly
+    give the default's numbers exactly, the first block's MLP other numbers (its edit passes through every later
+    block); unknown names, and layers other than an editor's, are errors that say what to pass."""
+    from mend_jax.errors import MendJaxError
+    fam, cfg = tiny_lm.family, tiny_lm.config
+    records = list(load_records("demo", records="100:104"))
+    ft = FineTuneConfig(1e-2, 2)
+    default = evaluate(tiny_lm, records, finetune_cfg=ft, progress=False, per_record=True)
+    named = evaluate(tiny_lm, records, finetune_cfg=ft, progress=False, per_record=True,
+                     layers=fam.default_edit_layers(cfg))
+    assert named["per_record"]["finetune"] == default["per_record"]["finetune"]
+    first = tuple(n for n in fam.linear_layers(cfg) if n.startswith("model.layers.0.mlp."))
+    assert first and not set(first) & set(fam.default_edit_layers(cfg))
+    low = evaluate(tiny_lm, records, finetune_cfg=ft, progress=False, per_record=True, layers=first)
+    assert low["edited_layers"] == list(first)
+    assert low["per_record"]["unedited"] == default["per_record"]["unedited"]
+    assert low["per_record"]["finetune"] != default["per_record"]["finetune"]
+    assert low["finetune"]["reliability_token"] >= low["unedited"]["reliability_token"]
+    with pytest.raises(MendJaxError, match="linear layers of the model"):
+        evaluate(tiny_lm, records, finetune_cfg=ft, progress=False, layers=("model.layers.0.mlp.nope",))
+    spec = EditorSpec.from_model(fam.linear_layers(cfg), fam.default_edit_layers(cfg, 2))
+    editor = identity_editor(spec, edit_lr=1.0)
+    params, stats = editor.init(jax.random.key(0))
+    with pytest.raises(MendJaxError, match="layers it was trained for"):
+        evaluate(tiny_lm, records, editor=editor, eparams=params, stats=stats, progress=False, layers=first)
+
 def test_training_locality_modes(tiny_lm):
     from mend_jax.training.batches import own_loc_fits, problem_for
     _, records = setup(tiny_lm)
