@@ -18,17 +18,28 @@ from pathlib import Path
 BUCKETS = ((0.0, 0.01), (0.01, 0.03), (0.03, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, float("inf")))
 
 
-def lost_answers(path: str, method: str = "mend") -> set[int]:
-    pr = json.loads(Path(path).read_text())["per_record"]
-    return {i for i, w in zip(pr["index"], pr[method]["locality_whole"]) if w < 1}
+def lost_answers(source: str, method: str = "mend") -> tuple[str, set[int], set[int]]:
+    """(label, records lost, records evaluated) of a per-record eval file, or of one result ``FILE.json:KEY`` of
+    ``experiments/tune_finetune.py`` (its ``lost_whole_answers`` over its ``--records A:B``)."""
+    path, _, key = source.partition(".json:")
+    if key:
+        d = json.loads(Path(path + ".json").read_text())
+        a, b = (int(x) for x in d["records"].split(":"))
+        return f"{Path(path).stem}:{key}", set(d["results"][key]["lost_whole_answers"]), set(range(a, b))
+    pr = json.loads(Path(source).read_text())["per_record"]
+    return (Path(source).stem, {i for i, w in zip(pr["index"], pr[method]["locality_whole"]) if w < 1},
+            set(pr["index"]))
 
 
 def main(margins_file: str, *eval_files: str) -> None:
+    """Counts over the records every file evaluated (a file of records 0-499 beside one of 0-99: records 0-99)."""
     m = json.loads(Path(margins_file).read_text())
-    margin = dict(zip(m["index"], m["min_margin"]))
-    lost = {Path(f).stem: lost_answers(f) for f in eval_files}
+    loaded = [lost_answers(f) for f in eval_files]
+    records = set.intersection(*(r for _, _, r in loaded))
+    margin = {i: v for i, v in zip(m["index"], m["min_margin"]) if i in records}
+    lost = {label: lo & records for label, lo, _ in loaded}
     common = set.intersection(*lost.values())
-    print(f"lost whole answers: " + ", ".join(f"{k} {len(v)}" for k, v in lost.items())
+    print(f"records {len(records)}; lost whole answers: " + ", ".join(f"{k} {len(v)}" for k, v in lost.items())
           + f"; by all {len(common)}, by any {len(set.union(*lost.values()))}")
     for lo, hi in BUCKETS:
         inb = lambda s: sum(lo <= margin[i] < hi for i in s)  # noqa: E731
@@ -39,6 +50,7 @@ def main(margins_file: str, *eval_files: str) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("margins_file", help="experiments/locality_margins.py output for the evaluated records")
-    ap.add_argument("eval_files", nargs="+", help="mend-jax eval --per-record JSON files of the same records")
+    ap.add_argument("eval_files", nargs="+", help="mend-jax eval --per-record JSON files, or tune_finetune.py "
+                    "results as FILE.json:KEY (e.g. finetune_blocks_zsre_0_99.json:21-23@0.0001)")
     a = ap.parse_args()
     main(a.margins_file, *a.eval_files)

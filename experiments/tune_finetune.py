@@ -34,9 +34,9 @@ from mend_jax.weights import load_model
 
 
 def block_layers(model, first: int, last: int) -> tuple[str, ...]:
-    """The MLP matrices of blocks ``first``..``last`` (inclusive), as the model family names them."""
-    mlp = [n for n in model.family.linear_layers(model.config) if ".mlp." in n]
-    return tuple(n for n in mlp if first <= int(n.split(".")[2]) <= last)
+    """The MLP matrices of blocks ``first``..``last`` (inclusive), as an editor trained with ``--edit-first-block
+    first --edit-blocks (last - first + 1)`` edits them."""
+    return model.family.default_edit_layers(model.config, last - first + 1, first=first)
 
 
 def main() -> None:

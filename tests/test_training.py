@@ -823,3 +823,30 @@ def test_next_step_passes_limit_adds_the_step_validation_and_save():
     assert not next_step_passes_limit(10.0, 10.5, step_s=20.0)  # ends at 10.33 minutes
     assert next_step_passes_limit(10.0, 10.5, step_s=20.0, val_s=10.0, save_s=5.0)  # ends at 10.58
     assert next_step_passes_limit(10.6, 10.5, step_s=0.0)  # already past
+
+
+def test_training_edits_the_blocks_chosen_by_edit_first_block(tiny_lm, tmp_path):
+    """``--edit-first-block 1 --edit-blocks 2``: the editor edits the MLPs of blocks 1-2 instead of the last two
+    (2-3), its checkpoint names those layers and loads with them; blocks outside the model are an error that names
+    the model's blocks, from the config and from the model family."""
+    import dataclasses
+
+    from mend_jax.checkpoints import load_editor
+    from mend_jax.errors import MendJaxError
+    from mend_jax.training.config import TrainConfig
+    from mend_jax.training.loop import train
+    out = tmp_path / "mid"
+    cfg = dataclasses.replace(_tiny_cfg(out, 2), model=str(tiny_lm.folder), edit_first_block=1)
+    summary = train(cfg, model=tiny_lm, progress=False)
+    assert summary["steps"] == 2
+    editor = load_editor(out, tiny_lm, "latest")[0]
+    fam = tiny_lm.family
+    assert editor.spec.layers == fam.default_edit_layers(tiny_lm.config, 2, first=1)
+    assert {n.split(".")[2] for n in editor.spec.layers} == {"1", "2"}
+    assert fam.default_edit_layers(tiny_lm.config, 2) != editor.spec.layers  # the default: blocks 2-3
+    with pytest.raises(MendJaxError, match="blocks 0-3"):
+        fam.default_edit_layers(tiny_lm.config, 2, first=3)
+    with pytest.raises(MendJaxError, match="--edit-first-block"):
+        TrainConfig(edit_first_block=-1)
+    with pytest.raises(MendJaxError, match="blocks 0-3"):
+        train(dataclasses.replace(cfg, edit_first_block=3, out=str(tmp_path / "bad")), model=tiny_lm, progress=False)

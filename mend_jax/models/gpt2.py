@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mend_jax.models.layers import LinearHooks, causal_attention, gather_positions, gelu_tanh, layer_norm
+from mend_jax.models.layers import (LinearHooks, causal_attention, edited_blocks, gather_positions, gelu_tanh,
+                                    layer_norm)
 
 FAMILY = "gpt2"
 HF_MODEL_TYPES = ("gpt2",)
@@ -82,9 +83,10 @@ def linear_layers(cfg: GPT2Config) -> dict[str, tuple[int, int]]:
     return {f"transformer.h.{i}.{s}": shape for i in range(cfg.n_layer) for s, shape in _linear_shapes(cfg).items()}
 
 
-def default_edit_layers(cfg: GPT2Config, n_blocks: int = 3) -> tuple[str, ...]:
-    """MEND's GPT-2 convention: ``c_fc`` and ``c_proj`` of the last ``n_blocks`` blocks."""
-    return tuple(f"transformer.h.{i}.mlp.{m}" for i in range(cfg.n_layer - n_blocks, cfg.n_layer)
+def default_edit_layers(cfg: GPT2Config, n_blocks: int = 3, first: int | None = None) -> tuple[str, ...]:
+    """MEND's GPT-2 convention: ``c_fc`` and ``c_proj`` of the last ``n_blocks`` blocks (or, with ``first``, of
+    blocks ``first .. first + n_blocks - 1``)."""
+    return tuple(f"transformer.h.{i}.mlp.{m}" for i in edited_blocks(cfg.n_layer, n_blocks, first)
                  for m in ("c_fc", "c_proj"))
 
 

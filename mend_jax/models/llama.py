@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mend_jax.models.layers import (LinearHooks, apply_rope, causal_attention, gather_positions,
+from mend_jax.models.layers import (LinearHooks, apply_rope, causal_attention, edited_blocks, gather_positions,
                                     positions_from_mask, rms_norm, rope_inv_freq)
 
 FAMILY = "llama"
@@ -124,9 +124,10 @@ def linear_layers(cfg: LlamaConfig) -> dict[str, tuple[int, int]]:
     return out
 
 
-def default_edit_layers(cfg: LlamaConfig, n_blocks: int = 3) -> tuple[str, ...]:
-    """MEND's convention for decoder LMs: the MLP matrices of the last ``n_blocks`` blocks."""
-    return tuple(f"model.layers.{i}.mlp.{m}" for i in range(cfg.num_layers - n_blocks, cfg.num_layers)
+def default_edit_layers(cfg: LlamaConfig, n_blocks: int = 3, first: int | None = None) -> tuple[str, ...]:
+    """MEND's convention for decoder LMs: the MLP matrices of the last ``n_blocks`` blocks (or, with ``first``,
+    of blocks ``first .. first + n_blocks - 1``)."""
+    return tuple(f"model.layers.{i}.mlp.{m}" for i in edited_blocks(cfg.num_layers, n_blocks, first)
                  for m in ("gate_proj", "up_proj", "down_proj"))
 
 

@@ -41,6 +41,10 @@ def register(sub) -> None:
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
         elif f.name == "max_minutes":
             p.add_argument(flag, type=float, default=None)
+        elif f.name == "edit_first_block":
+            p.add_argument(flag, type=int, default=None,
+                           help="edit the MLPs of blocks N .. N + --edit-blocks - 1 (counted from 0) instead of the "
+                                "last --edit-blocks blocks (MEND's convention)")
         elif f.name == "c_loc_batched":
             p.add_argument(flag, type=float, default=None,
                            help="--c-loc for the schedule's problems of several edits at once (default: --c-loc)")

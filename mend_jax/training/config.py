@@ -12,6 +12,9 @@ class TrainConfig:
     # what to edit
     model: str = "smollm2-135m"
     edit_blocks: int = 3  # MLP matrices of the last N blocks (MEND's convention)
+    # the first of the edited blocks, counted from 0 (the edited blocks are then edit_first_block ..
+    # edit_first_block + edit_blocks - 1); None: the last edit_blocks blocks (MEND)
+    edit_first_block: int | None = None
     # data: kinds and files; several may be mixed (e.g. zsre + counterfact)
     data: tuple[str, ...] = ("demo",)
     train_files: tuple[str | None, ...] = (None,)
@@ -128,6 +131,9 @@ class TrainConfig:
                                "--init-from too (or leave out --init-optimizer)")
         if self.factor_positions not in ("all", "target"):
             raise MendJaxError(f"--factor-positions must be 'all' or 'target', not {self.factor_positions!r}")
+        if self.edit_blocks < 1 or (self.edit_first_block is not None and self.edit_first_block < 0):
+            raise MendJaxError(f"--edit-blocks must be >= 1 and --edit-first-block >= 0 (or left out: the last "
+                               f"blocks), not {self.edit_blocks} and {self.edit_first_block}")
         if self.init_which not in ("best", "latest"):
             raise MendJaxError(f"--init-which must be 'best' or 'latest', not {self.init_which!r}")
         if self.c_loc_batched is not None and not self.c_loc_batched >= 0:

@@ -33,7 +33,7 @@ VAL_KEY = "loss"  # early stopping on c_edit * L_edit + c_loc * L_loc on dev (ME
 
 def build_editor(model, cfg: TrainConfig):
     fam = model.family
-    layers = fam.default_edit_layers(model.config, cfg.edit_blocks)
+    layers = fam.default_edit_layers(model.config, cfg.edit_blocks, first=cfg.edit_first_block)
     spec = EditorSpec.from_model(fam.linear_layers(model.config), layers, shared=cfg.shared)
     ecfg = EditorConfig(rank=cfg.rank, n_hidden=cfg.n_hidden, combine=cfg.combine, shared=cfg.shared,
                         edit_lr_init=cfg.edit_lr_init, edit_lr_k_power=cfg.edit_lr_k_power,
