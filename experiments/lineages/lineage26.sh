@@ -9,7 +9,13 @@
 # resumes from its last checkpoint with its allotment (run 17: 80; run 26: TOTAL less run 17's) less the minutes it
 # has used (the larger of its summary's and its last checkpoint's minutes_total); a part with under half a minute
 # left is done. (Session 27: TOTAL_MINUTES=150 trained and evaluated; TOTAL_MINUTES=180 adds run 26's last 30.)
+# The same recipe on other folders, with flags added to both parts (lineage27.sh: blocks 21-23):
+#   P1=runs/run27a P2=runs/run27 TAG=run27 LINEAGE_ARGS="--edit-first-block 21" TOTAL_MINUTES=180 bash ...
 set -euo pipefail
+P1=${P1:-runs/run17}  # part 1 (run 17's recipe)
+P2=${P2:-runs/run26}  # part 2 (run 26's recipe), from part 1's last checkpoint
+TAG=${TAG:-run26}  # the evaluation's file names: experiments/results/${TAG}_eval_*.json
+ARGS=${LINEAGE_ARGS:-}  # flags added to both parts' commands
 TOTAL=${TOTAL_MINUTES:?set TOTAL_MINUTES, the CPU-minutes of the whole lineage (at most 180)}
 PY=.venv/bin/python
 used() {  # minutes a run folder has used: the larger of its summary's and its last checkpoint's total, else 0
@@ -30,10 +36,12 @@ PY
 }
 left() { $PY -c "print(round($1 - $2, 1))"; }
 more() { $PY -c "import sys; sys.exit(0 if $1 >= 0.5 else 1)"; }  # at least half a minute left
-L17=$(left 80 "$(used runs/run17)")
-! more "$L17" || MAX_MINUTES=$L17 bash experiments/lineages/run17.sh
-R17=$(used runs/run17)
-L26=$(left "$(left "$TOTAL" "$R17")" "$(used runs/run26)")
-echo "lineage26: run 17 used $R17 CPU-minutes; run 26 gets $(left "$TOTAL" "$R17") in all, $L26 of them now"
-! more "$L26" || MAX_MINUTES=$L26 bash experiments/lineages/run26.sh
-bash experiments/lineages/eval_lineage.sh runs/run26 run26
+L17=$(left 80 "$(used "$P1")")
+# shellcheck disable=SC2086  # ARGS: several flags
+! more "$L17" || OUT=$P1 MAX_MINUTES=$L17 bash experiments/lineages/run17.sh $ARGS
+R17=$(used "$P1")
+L26=$(left "$(left "$TOTAL" "$R17")" "$(used "$P2")")
+echo "lineage ($P1 -> $P2): part 1 used $R17 CPU-minutes; part 2 gets $(left "$TOTAL" "$R17") in all, $L26 of them now"
+# shellcheck disable=SC2086
+! more "$L26" || OUT=$P2 FROM=$P1 MAX_MINUTES=$L26 bash experiments/lineages/run26.sh $ARGS
+bash experiments/lineages/eval_lineage.sh "$P2" "$TAG"

@@ -6,4 +6,4 @@ set -euo pipefail
 OUT=${OUT:-runs/run17}
 MAX_MINUTES=${MAX_MINUTES:?set MAX_MINUTES, the CPU-minutes this invocation may use}
 source experiments/lineages/train_common.sh
-lineage_train --patience 1000 --c-loc 4.0 --loc-len 24
+lineage_train --patience 1000 --c-loc 4.0 --loc-len 24 "$@"  # arguments: added to the command

@@ -6,13 +6,14 @@
 # to the command (run26.sh: run 22's recipe with one more option).
 set -euo pipefail
 OUT=${OUT:-runs/run22}
+FROM=${FROM:-runs/run17}  # the first part of the lineage, whose last checkpoint this part goes on from
 MAX_MINUTES=${MAX_MINUTES:?set MAX_MINUTES, the CPU-minutes this invocation may use}
-# the projection and whitening files the editor was trained with come from run 17; so does the hidden cache as a
+# the projection and whitening files the editor was trained with come from run 17 ($FROM); so does the hidden cache as a
 # start: it is keyed by token sequence and checked against the base weights, so only the inputs run 17 did not
 # have (the longer locality inputs, text passages) are computed
 mkdir -p "$OUT"
-for f in projection_bases.npz whitening_maps.npz; do [ -e "$OUT/$f" ] || cp runs/run17/$f "$OUT/$f"; done
-[ -e "$OUT/hidden_cache" ] || [ ! -e runs/run17/hidden_cache/meta.json ] || cp -r runs/run17/hidden_cache "$OUT/hidden_cache"
+for f in projection_bases.npz whitening_maps.npz; do [ -e "$OUT/$f" ] || cp "$FROM/$f" "$OUT/$f"; done
+[ -e "$OUT/hidden_cache" ] || [ ! -e "$FROM/hidden_cache/meta.json" ] || cp -r "$FROM/hidden_cache" "$OUT/hidden_cache"
 source experiments/lineages/train_common.sh
 lineage_train --patience 2000 --c-loc 8.0 --c-loc-batched 4.0 --loc-len 32 --loc-answer-len 16 \
-  --init-from runs/run17 --init-which latest --init-optimizer true "$@"
+  --init-from "$FROM" --init-which latest --init-optimizer true "$@"

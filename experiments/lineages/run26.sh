@@ -8,4 +8,4 @@
 # repository root.
 set -euo pipefail
 OUT=${OUT:-runs/run26} exec bash experiments/lineages/run22.sh \
-  --loc-text ../shared/data/wikitext/wiki.test.raw --loc-text-rows 1
+  --loc-text ../shared/data/wikitext/wiki.test.raw --loc-text-rows 1 "$@"
