@@ -87,7 +87,6 @@ def test_evaluation_reports_every_method(tiny_lm):
     assert res["finetune"]["reliability_token"] >= res["unedited"]["reliability_token"]
 
 
-
 def test_fine_tuning_baseline_on_chosen_layers(tiny_lm):
     """``evaluate(layers=...)`` without an editor fine-tunes the named matrices: the default layers named explicitly
     give the default's numbers exactly, the first block's MLP other numbers (its edit passes through every later
@@ -114,6 +113,7 @@ def test_fine_tuning_baseline_on_chosen_layers(tiny_lm):
     params, stats = editor.init(jax.random.key(0))
     with pytest.raises(MendJaxError, match="layers it was trained for"):
         evaluate(tiny_lm, records, editor=editor, eparams=params, stats=stats, progress=False, layers=first)
+
 
 def test_training_locality_modes(tiny_lm):
     from mend_jax.training.batches import own_loc_fits, problem_for

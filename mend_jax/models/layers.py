@@ -23,8 +23,8 @@ def edited_blocks(num_layers: int, n_blocks: int, first: int | None = None) -> r
     ``first .. first + n_blocks - 1``."""
     start = num_layers - n_blocks if first is None else first
     if n_blocks < 1 or start < 0 or start + n_blocks > num_layers:
-        raise MendJaxError(f"cannot edit {n_blocks} blocks from block {start}: the model has blocks 0-{num_layers - 1} "
-                         "(choose --edit-blocks and --edit-first-block inside them)")
+        raise MendJaxError(f"cannot edit {n_blocks} blocks from block {start}: the model has blocks "
+                           f"0-{num_layers - 1} (choose --edit-blocks and --edit-first-block inside them)")
     return range(start, start + n_blocks)
 
 
