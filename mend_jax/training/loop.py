@@ -357,14 +357,13 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     step = start
     last_saved = start
     stopped = "steps"
-    seconds = {"val": 0.0, "save": 0.0}  # the last validation's and checkpoint save's wall time; steps by (n, k)
+    step_s: dict[tuple[int, int], float] = {}  # wall time of the last step of each shape (problems, edits each)
+    val_s = save_s = 0.0  # wall time of the last validation and of the last checkpoint save
     while step < cfg.steps:
         n, k, first_example = step_layout(step_shapes, step)
-        steps_seen = [v for key, v in seconds.items() if isinstance(key, tuple)]
-        if cfg.max_minutes and steps_seen and next_step_passes_limit(
-                minutes(), cfg.max_minutes, seconds.get((n, k), max(steps_seen)),
-                seconds["val"] if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps else 0.0,
-                seconds["save"]):
+        if cfg.max_minutes and step_s and next_step_passes_limit(
+                minutes(), cfg.max_minutes, step_s.get((n, k), max(step_s.values())),
+                val_s if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps else 0.0, save_s):
             stopped = "time limit"  # stop before the step that would end past the limit, not after it
             if last_saved != step:
                 ckpt.save(step, ts, meta_dict(step))
@@ -381,7 +380,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         bar.update(1)
         row = {"step": step, "time": time.time() - t0, "edits_per_problem": k,
                **{key: float(v) for key, v in jax.device_get(metrics).items()}}
-        seconds[(n, k)] = time.time() - t_step  # the metrics' device_get above waited for the step
+        step_s[(n, k)] = time.time() - t_step  # the metrics' device_get above waited for the step
         is_val = step % cfg.val_every == 0 or step == cfg.steps
         if is_val:
             t_val = time.time()
@@ -394,7 +393,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                 since_best += cfg.val_every
             t_save = time.time()
             ckpt.save(step, ts, meta_dict(step, val), best=improved)
-            seconds["save"], seconds["val"] = time.time() - t_save, time.time() - t_val
+            val_s, save_s = t_save - t_val, time.time() - t_save
             last_saved = step
             bar.set_postfix(val_loss=f"{val['val/loss']:.3f}", val_acc=f"{val['val/edit_acc']:.3f}",
                             val_loc=f"{val['val/loc_same']:.3f}")
@@ -403,7 +402,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         elif step % cfg.ckpt_every == 0:
             t_save = time.time()
             ckpt.save(step, ts, meta_dict(step))
-            seconds["save"] = time.time() - t_save
+            save_s = time.time() - t_save
             last_saved = step
         if placement.main:
             _log(log_path, row)
