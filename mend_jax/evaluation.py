@@ -23,7 +23,7 @@ from mend_jax.editing.batch import TokenBatch, edit_row_bucket, encode_examples
 from mend_jax.editing.edit import iterated_mend_edits
 from mend_jax.editing.editor import Editor, stats_initialised
 from mend_jax.editing.losses import masked_nll, token_accuracy
-from mend_jax.errors import MendJaxError
+from mend_jax.errors import MendJaxError, unknown_layers
 from mend_jax.models import LinearHooks, family_for, get_module, layer_index, replace_module
 
 
@@ -120,11 +120,9 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
     elif layers is None:
         layers = model.family.default_edit_layers(cfg)
     else:
-        known = set(model.family.linear_layers(cfg))
-        unknown = [n for n in layers if n not in known]
-        if unknown or not layers:
-            raise MendJaxError(f"cannot fine-tune {unknown or 'no layers'}: name linear layers of the model, e.g. "
-                               f"{model.family.default_edit_layers(cfg)[0]!r}")
+        known = model.family.linear_layers(cfg)
+        if not layers or any(n not in known for n in layers):
+            raise unknown_layers([n for n in layers if n not in known] or ["(none given)"], known)
         layers = tuple(layers)
     first = min(layer_index(n) for n in layers)
     k = edits_at_once
