@@ -17,6 +17,10 @@ answer changed (``lost_whole_answers``).
 identity editor (``identity_editor``: the edit is the sum of the raw factors' outer products ``delta u^T`` times the
 step size ``LR``, one gradient-descent step), applied up to N times, each further step only for the edits that do
 not hold yet by M logits, as the trained editors are evaluated (``evaluate(edit_until_margin=)``).
+
+``--layers-of RUN`` tunes on the matrices a trained editor edits (read from its last checkpoint's metadata), and
+``--stop-at-reliability R`` ends an ascending grid at the first learning rate whose token reliability reaches R: the
+baseline's learning rate for that editor is then the smallest one that makes the edits (eval_lineage.sh uses both).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import jax
 
+from mend_jax.checkpoints import checkpoints_dir, read_meta
 from mend_jax.data import load_records
 from mend_jax.editing.editor import EditorSpec, identity_editor
 from mend_jax.evaluation import FineTuneConfig, evaluate
@@ -37,6 +42,11 @@ def block_layers(model, first: int, last: int) -> tuple[str, ...]:
     """The MLP matrices of blocks ``first``..``last`` (inclusive), as an editor trained with ``--edit-first-block
     first --edit-blocks (last - first + 1)`` edits them."""
     return model.family.default_edit_layers(model.config, last - first + 1, first=first)
+
+
+def editor_layers(run: str) -> tuple[str, ...]:
+    """The matrices the editor in ``run`` (a ``mend-jax train --out`` folder) edits, from its last checkpoint."""
+    return tuple(read_meta(checkpoints_dir(run), "latest")[1]["editor_layers"])
 
 
 def main() -> None:
@@ -51,8 +61,14 @@ def main() -> None:
     ap.add_argument("--until-margin", type=float, default=None,
                     help="--method gradient: further steps only for edits not holding by this many logits")
     ap.add_argument("--blocks", default=None, help="comma-separated FIRST-LAST block ranges (default: MEND's layers)")
+    ap.add_argument("--layers-of", default=None, metavar="RUN",
+                    help="tune on the matrices the editor in RUN edits (instead of --blocks)")
+    ap.add_argument("--stop-at-reliability", type=float, default=None, metavar="R",
+                    help="stop the grid (give --lrs ascending) at the first lr with token reliability >= R")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
+    if args.blocks and args.layers_of:
+        ap.error("--blocks and --layers-of both choose the matrices: give one")
     model = load_model(args.model)
     records = list(load_records(args.data, args.file, records=args.records))
     out = {"data": args.data, "file": args.file, "records": args.records, "steps": args.steps,
@@ -60,6 +76,9 @@ def main() -> None:
     spans = args.blocks.split(",") if args.blocks else [None]
     for span in spans:
         layers = block_layers(model, *(int(x) for x in span.split("-"))) if span else None
+        if args.layers_of:
+            layers = editor_layers(args.layers_of)
+            out["layers_of"] = args.layers_of
         for lr in [float(x) for x in args.lrs.split(",")]:
             t = time.time()
             if args.method == "adam":
@@ -86,6 +105,8 @@ def main() -> None:
                   + f"  ({time.time() - t:.0f} s)", flush=True)
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(out, indent=2))  # after every point: a long grid can be cut short
+            if args.stop_at_reliability is not None and ft["reliability_token"] >= args.stop_at_reliability:
+                break
 
 
 if __name__ == "__main__":
