@@ -74,11 +74,12 @@ def main() -> None:
     out = {"data": args.data, "file": args.file, "records": args.records, "steps": args.steps,
            "method": args.method, "until_margin": args.until_margin, "results": {}}
     spans = args.blocks.split(",") if args.blocks else [None]
+    fixed = None  # MEND's default layers, unless --layers-of names an editor's
+    if args.layers_of:
+        fixed = editor_layers(args.layers_of)
+        out["layers_of"] = args.layers_of
     for span in spans:
-        layers = block_layers(model, *(int(x) for x in span.split("-"))) if span else None
-        if args.layers_of:
-            layers = editor_layers(args.layers_of)
-            out["layers_of"] = args.layers_of
+        layers = block_layers(model, *(int(x) for x in span.split("-"))) if span else fixed
         for lr in [float(x) for x in args.lrs.split(",")]:
             t = time.time()
             if args.method == "adam":
