@@ -20,7 +20,8 @@ not hold yet by M logits, as the trained editors are evaluated (``evaluate(edit_
 
 ``--layers-of RUN`` tunes on the matrices a trained editor edits (read from its last checkpoint's metadata), and
 ``--stop-at-reliability R`` ends an ascending grid at the first learning rate whose token reliability reaches R: the
-baseline's learning rate for that editor is then the smallest one that makes the edits (eval_lineage.sh uses both).
+baseline's learning rate for that editor is then the smallest one that makes the edits, written as ``picked_lr``
+(else the most reliable one; eval_lineage.sh uses both).
 """
 from __future__ import annotations
 
@@ -108,6 +109,20 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(out, indent=2))  # after every point: a long grid can be cut short
             if args.stop_at_reliability is not None and ft["reliability_token"] >= args.stop_at_reliability:
                 break
+        if args.stop_at_reliability is not None and not span:
+            out["picked_lr"] = picked_lr(out["results"], args.stop_at_reliability)
+            Path(args.json).write_text(json.dumps(out, indent=2))
+            print(f"picked lr {out['picked_lr']:g} (first to reach reliability {args.stop_at_reliability:g}, "
+                  "else the most reliable)", flush=True)
+
+
+def picked_lr(results: dict, reliability: float) -> float:
+    """The baseline's learning rate from an ascending grid: the first whose token reliability reaches
+    ``reliability``, else the most reliable one."""
+    for lr, res in results.items():
+        if res["reliability_token"] >= reliability:
+            return float(lr)
+    return float(max(results, key=lambda lr: results[lr]["reliability_token"]))
 
 
 if __name__ == "__main__":

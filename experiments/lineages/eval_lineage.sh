@@ -25,11 +25,7 @@ DATA=${MEND_JAX_DATA_DIR:-../shared/data}
 FT_PROBE=experiments/results/finetune_lr_${TAG}_zsre_450_499.json
 $PY experiments/tune_finetune.py --data zsre --file "$DATA/zsre/zsre_mend_eval_portability_gpt4.json" --records 450:500 \
   --layers-of "$RUN" --lrs "${FT_LRS:-3e-4,6e-4,1e-3}" --stop-at-reliability 0.95 --json "$FT_PROBE"
-FT_LR=$($PY -c "
-import json, sys
-r = json.load(open(sys.argv[1]))['results']
-ok = [lr for lr, v in r.items() if v['reliability_token'] >= 0.95]
-print(ok[0] if ok else max(r, key=lambda lr: r[lr]['reliability_token']))" "$FT_PROBE")
+FT_LR=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['picked_lr'])" "$FT_PROBE")
 echo "fine-tuning baseline: learning rate $FT_LR (tuned on zsRE dev 450-499 on the editor's matrices)"
 TAG=$TAG WHICH=latest EVAL_ARGS="--edit-scale 0.7 --edit-steps 6 --edit-until-margin 1.0" \
   EVAL_ARGS_K10="--edit-scale $SCALE --edit-steps 2" bash experiments/dev_eval.sh "$RUN" "$FT_LR" 500 200 200
