@@ -9,7 +9,7 @@ Prints, per learning rate, reliability / generalization (token / exact) and loca
 Adam steps on the edited matrices; pick the best reliability that keeps locality reasonable.
 
 ``--blocks 27-29,21-23,15-17`` runs the same grid on the MLP matrices of each block range instead of MEND's default
-layers (results keyed ``BLOCKS@LR``): which blocks an editor could edit with fewer unrelated answers flipped, compared
+layers (results keyed ``BLOCKS@LR``; ``--matrices down_proj`` keeps only those matrices of each block): which blocks an editor could edit with fewer unrelated answers flipped, compared
 at matched reliability before any editor is trained for them. Each result lists the records whose whole locality
 answer changed (``lost_whole_answers``).
 
@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--until-margin", type=float, default=None,
                     help="--method gradient: further steps only for edits not holding by this many logits")
     ap.add_argument("--blocks", default=None, help="comma-separated FIRST-LAST block ranges (default: MEND's layers)")
+    ap.add_argument("--matrices", default=None, metavar="NAMES",
+                    help="with --blocks: only these MLP matrices of each block (comma-separated, e.g. down_proj)")
     ap.add_argument("--layers-of", default=None, metavar="RUN",
                     help="tune on the matrices the editor in RUN edits (instead of --blocks)")
     ap.add_argument("--stop-at-reliability", type=float, default=None, metavar="R",
@@ -73,7 +75,7 @@ def main() -> None:
     model = load_model(args.model)
     records = list(load_records(args.data, args.file, records=args.records))
     out = {"data": args.data, "file": args.file, "records": args.records, "steps": args.steps,
-           "method": args.method, "until_margin": args.until_margin, "results": {}}
+           "method": args.method, "matrices": args.matrices, "until_margin": args.until_margin, "results": {}}
     spans = args.blocks.split(",") if args.blocks else [None]
     fixed = None  # MEND's default layers, unless --layers-of names an editor's
     if args.layers_of:
@@ -81,6 +83,10 @@ def main() -> None:
         out["layers_of"] = args.layers_of
     for span in spans:
         layers = block_layers(model, *(int(x) for x in span.split("-"))) if span else fixed
+        if span and args.matrices:
+            layers = tuple(name for name in layers if name.rsplit(".", 1)[-1] in args.matrices.split(","))
+            if not layers:
+                ap.error(f"--matrices {args.matrices} names none of the MLP matrices (gate_proj, up_proj, down_proj)")
         for lr in [float(x) for x in args.lrs.split(",")]:
             t = time.time()
             if args.method == "adam":

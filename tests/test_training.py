@@ -850,3 +850,29 @@ def test_training_edits_the_blocks_chosen_by_edit_first_block(tiny_lm, tmp_path)
         TrainConfig(edit_first_block=-1)
     with pytest.raises(MendJaxError, match="blocks 0-3"):
         train(dataclasses.replace(cfg, edit_first_block=3, out=str(tmp_path / "bad")), model=tiny_lm, progress=False)
+
+
+def test_training_edits_only_the_matrices_chosen_by_edit_matrices(tiny_lm, tmp_path):
+    """``--edit-matrices down_proj`` over blocks 1-3: the editor edits the MLP output matrices of those blocks only
+    (its checkpoint names them and loads with them); a name that is not an MLP matrix is
+    an error that lists the ones there are, and an empty list is refused before any model is loaded."""
+    import dataclasses
+
+    from mend_jax.checkpoints import load_editor
+    from mend_jax.errors import MendJaxError
+    from mend_jax.models.layers import select_matrices
+    from mend_jax.training.config import TrainConfig
+    from mend_jax.training.loop import build_editor, train
+    out = tmp_path / "down"
+    cfg = dataclasses.replace(_tiny_cfg(out, 2), model=str(tiny_lm.folder), edit_first_block=1, edit_blocks=3,
+                              edit_matrices=("down_proj",))
+    summary = train(cfg, model=tiny_lm, progress=False)
+    assert summary["steps"] == 2
+    editor = load_editor(out, tiny_lm, "latest")[0]
+    assert editor.spec.layers == tuple(f"model.layers.{i}.mlp.down_proj" for i in (1, 2, 3))
+    assert build_editor(tiny_lm, dataclasses.replace(cfg, edit_matrices=None))[0].spec.layers == \
+        tiny_lm.family.default_edit_layers(tiny_lm.config, 3, first=1)
+    with pytest.raises(MendJaxError, match="choose among down_proj, gate_proj, up_proj"):
+        select_matrices(tiny_lm.family.default_edit_layers(tiny_lm.config, 2), ("o_proj",))
+    with pytest.raises(MendJaxError, match="--edit-matrices names no matrix"):
+        TrainConfig(edit_matrices=())

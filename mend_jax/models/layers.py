@@ -28,6 +28,18 @@ def edited_blocks(num_layers: int, n_blocks: int, first: int | None = None) -> r
     return range(start, start + n_blocks)
 
 
+def select_matrices(layers: tuple[str, ...], matrices: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The layers (dotted names) whose last name part is one of ``matrices``, in their order; None keeps all."""
+    if matrices is None:
+        return tuple(layers)
+    known = sorted({name.rsplit(".", 1)[-1] for name in layers})
+    unknown = [m for m in matrices if m not in known]
+    if unknown:
+        raise MendJaxError(f"--edit-matrices {','.join(unknown)}: not a matrix of the edited blocks; choose among "
+                           f"{', '.join(known)}")
+    return tuple(name for name in layers if name.rsplit(".", 1)[-1] in matrices)
+
+
 @dataclasses.dataclass(frozen=True)
 class LowRankEdit:
     """A weight change ``Delta W = scale * A^T B`` kept in factored form.

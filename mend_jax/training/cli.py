@@ -45,6 +45,10 @@ def register(sub) -> None:
             p.add_argument(flag, type=int, default=None,
                            help="edit the MLPs of blocks N .. N + --edit-blocks - 1 (counted from 0) instead of the "
                                 "last --edit-blocks blocks (MEND's convention)")
+        elif f.name == "edit_matrices":
+            p.add_argument(flag, type=_csv, default=None,
+                           help="only these MLP matrices of each edited block, comma-separated (e.g. down_proj; "
+                                "default: all of them, MEND's convention)")
         elif f.name == "c_loc_batched":
             p.add_argument(flag, type=float, default=None,
                            help="--c-loc for the schedule's problems of several edits at once (default: --c-loc)")

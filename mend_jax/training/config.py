@@ -15,6 +15,9 @@ class TrainConfig:
     # the first of the edited blocks, counted from 0 (the edited blocks are then edit_first_block ..
     # edit_first_block + edit_blocks - 1); None: the last edit_blocks blocks (MEND)
     edit_first_block: int | None = None
+    # only these matrices of each edited block's MLP (e.g. ("down_proj",): the MLP's output matrix, whose inputs are
+    # its sparser activations); None: all of them (MEND)
+    edit_matrices: tuple[str, ...] | None = None
     # data: kinds and files; several may be mixed (e.g. zsre + counterfact)
     data: tuple[str, ...] = ("demo",)
     train_files: tuple[str | None, ...] = (None,)
@@ -134,6 +137,9 @@ class TrainConfig:
         if self.edit_blocks < 1 or (self.edit_first_block is not None and self.edit_first_block < 0):
             raise MendJaxError(f"--edit-blocks must be >= 1 and --edit-first-block >= 0 (or left out: the last "
                                f"blocks), not {self.edit_blocks} and {self.edit_first_block}")
+        if self.edit_matrices is not None and not self.edit_matrices:
+            raise MendJaxError("--edit-matrices names no matrix: give MLP matrix names (e.g. down_proj) or leave it "
+                               "out (all of them)")
         if self.init_which not in ("best", "latest"):
             raise MendJaxError(f"--init-which must be 'best' or 'latest', not {self.init_which!r}")
         if self.c_loc_batched is not None and not self.c_loc_batched >= 0:

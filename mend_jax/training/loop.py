@@ -24,6 +24,7 @@ from mend_jax.editing.batch import factor_rows
 from mend_jax.training.batches import (DataOrder, Shapes, filter_records, fitting_passages, own_loc_fits,
                                       row_budget, step_layout, training_batch, validation_batches)
 from mend_jax.models import layer_index
+from mend_jax.models.layers import select_matrices
 from mend_jax.training.config import TrainConfig
 from mend_jax.training.frozen_cache import FrozenHiddenCache, frozen_weights_digest, training_inputs
 from mend_jax.training.step import StepHParams, init_train_state, make_eval_step, make_optimizer, make_train_step
@@ -33,7 +34,8 @@ VAL_KEY = "loss"  # early stopping on c_edit * L_edit + c_loc * L_loc on dev (ME
 
 def build_editor(model, cfg: TrainConfig):
     fam = model.family
-    layers = fam.default_edit_layers(model.config, cfg.edit_blocks, first=cfg.edit_first_block)
+    layers = select_matrices(fam.default_edit_layers(model.config, cfg.edit_blocks, first=cfg.edit_first_block),
+                             cfg.edit_matrices)
     spec = EditorSpec.from_model(fam.linear_layers(model.config), layers, shared=cfg.shared)
     ecfg = EditorConfig(rank=cfg.rank, n_hidden=cfg.n_hidden, combine=cfg.combine, shared=cfg.shared,
                         edit_lr_init=cfg.edit_lr_init, edit_lr_k_power=cfg.edit_lr_k_power,
