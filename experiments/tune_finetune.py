@@ -9,8 +9,9 @@ Prints, per learning rate, reliability / generalization (token / exact) and loca
 Adam steps on the edited matrices; pick the best reliability that keeps locality reasonable.
 
 ``--blocks 27-29,21-23,15-17`` runs the same grid on the MLP matrices of each block range instead of MEND's default
-layers (results keyed ``BLOCKS@LR``; ``--matrices down_proj`` keeps only those matrices of each block): which blocks an editor could edit with fewer unrelated answers flipped, compared
-at matched reliability before any editor is trained for them. Each result lists the records whose whole locality
+layers (results keyed ``BLOCKS@LR``; ``--matrices down_proj`` keeps only those matrices of each block, as ``mend-jax
+train --edit-matrices`` does): which blocks an editor could edit with fewer unrelated answers flipped, compared at
+matched reliability before any editor is trained for them. Each result lists the records whose whole locality
 answer changed (``lost_whole_answers``).
 
 ``--method gradient --steps N --until-margin M`` replaces Adam by plain gradient descent in MEND's own form: the
@@ -36,6 +37,7 @@ from mend_jax.checkpoints import checkpoints_dir, read_meta
 from mend_jax.data import load_records
 from mend_jax.editing.editor import EditorSpec, identity_editor
 from mend_jax.evaluation import FineTuneConfig, evaluate
+from mend_jax.models.layers import select_matrices
 from mend_jax.weights import load_model
 
 
@@ -84,9 +86,7 @@ def main() -> None:
     for span in spans:
         layers = block_layers(model, *(int(x) for x in span.split("-"))) if span else fixed
         if span and args.matrices:
-            layers = tuple(name for name in layers if name.rsplit(".", 1)[-1] in args.matrices.split(","))
-            if not layers:
-                ap.error(f"--matrices {args.matrices} names none of the MLP matrices (gate_proj, up_proj, down_proj)")
+            layers = select_matrices(layers, tuple(args.matrices.split(",")))
         for lr in [float(x) for x in args.lrs.split(",")]:
             t = time.time()
             if args.method == "adam":
