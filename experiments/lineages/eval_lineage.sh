@@ -10,7 +10,7 @@
 #    baseline makes the edits with as little damage as it can; for blocks 27-29 that is 3e-4, as before.
 # 3. experiments/dev_eval.sh: zsRE eval 0-499 single edits (MEND and the fine-tuning baseline in the same run),
 #    ten at once on 0-199, CounterFact val 0-199 single. Single edits use the setting fixed since run 21 (x0.7, at
-#    most 6 adaptive editor steps, margin 1 logit). Writes experiments/results/${TAG}_eval_*.json and the probe JSON.
+#    most 6 adaptive editor steps, margin 1 logit; SINGLE_ARGS overrides). Writes experiments/results/${TAG}_eval_*.json and the probe JSON.
 set -euo pipefail
 source scripts/jemalloc.sh  # preloads jemalloc where the system has it (see that file)
 RUN=${1:?editor folder, e.g. runs/run24}
@@ -27,5 +27,5 @@ $PY experiments/tune_finetune.py --data zsre --file "$DATA/zsre/zsre_mend_eval_p
   --layers-of "$RUN" --lrs "${FT_LRS:-3e-4,6e-4,1e-3}" --stop-at-reliability 0.95 --json "$FT_PROBE"
 FT_LR=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['picked_lr'])" "$FT_PROBE")
 echo "fine-tuning baseline: learning rate $FT_LR (tuned on zsRE dev 450-499 on the editor's matrices)"
-TAG=$TAG WHICH=latest EVAL_ARGS="--edit-scale 0.7 --edit-steps 6 --edit-until-margin 1.0" \
+TAG=$TAG WHICH=latest EVAL_ARGS="${SINGLE_ARGS:---edit-scale 0.7 --edit-steps 6 --edit-until-margin 1.0}" \
   EVAL_ARGS_K10="--edit-scale $SCALE --edit-steps 2" bash experiments/dev_eval.sh "$RUN" "$FT_LR" 500 200 200
