@@ -12,7 +12,9 @@ it has one), optionally ``rank@scale@steps`` to apply the editor ``steps`` times
 ``rank@scale@steps@whiten@margin`` for adaptive steps (``iterated_mend_edits(until_margin=margin)``: ``steps``
 is then the most, and a further step takes only the edits that do not hold on their prompt by ``margin`` logits),
 and ``rank@scale@steps@whiten@margin@layers`` to multiply single layers' step sizes further (``layers``:
-``PATTERN=S`` pairs separated by ``/``, as ``mend-jax eval --layer-scale``, e.g. ``model.layers.29.*=0``).
+``PATTERN=S`` pairs separated by ``/``, as ``mend-jax eval --layer-scale``, e.g. ``model.layers.29.*=0``), and
+``rank@scale@steps@whiten@margin@layers@min`` for the first ``min`` steps taken by every edit whatever its margin
+(``iterated_mend_edits(min_steps=min)``, ``mend-jax eval --edit-min-steps``; default 1; ``layers`` may be empty).
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ def main():
                     help="token rows of the edit's factors the editor is given (default: as trained)")
     ap.add_argument("--edit-max-rank", type=int, default=None,
                     help="every point: each layer's edit cut to this rank after every step (default: off)")
+    ap.add_argument("--per-record", action="store_true",
+                    help="every point also keeps each record's metrics (evaluate(per_record=True)), for paired "
+                         "comparisons of settings on the same records")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -62,6 +67,7 @@ def main():
         w = float(parts[3]) if len(parts) > 3 else 0.0
         margin = float(parts[4]) if len(parts) > 4 and parts[4] != "" else None
         scales = layer_scales(parts[5].split("/")) if len(parts) > 5 and parts[5] else {}
+        min_steps = int(parts[6]) if len(parts) > 6 and parts[6] else 1
         if (r, w) not in editors:
             editors[r, w] = transformed_editor(args.editor, model, editor, tcfg, project_out=r, whiten=w,
                                                n_inputs=args.projection_inputs)
@@ -72,14 +78,16 @@ def main():
         eparams = scaled_step_sizes(params, s, layer_scales=scales, layers=ed.spec.layers)
         res = evaluate(model, dev, editor=ed, eparams=eparams, stats=stats, progress=False,
                        edits_at_once=args.edits_at_once, edit_steps=steps, edit_until_margin=margin,
-                       edit_max_rank=args.edit_max_rank)
-        row = {"rank": r, "scale": s, "edit_steps": steps, "whiten": w, "until_margin": margin,
+                       edit_max_rank=args.edit_max_rank, edit_min_steps=min_steps, per_record=args.per_record)
+        row = {"rank": r, "scale": s, "edit_steps": steps, "whiten": w, "until_margin": margin, "min_steps": min_steps,
                "layer_scales": scales, "edit_max_rank": args.edit_max_rank,
                "factor_positions": ed.factor_positions, **{k: res["mend"][k] for k in (
             "reliability_token", "reliability_exact", "generalization_token", "generalization_exact",
             "locality_token", "locality_whole", "editor_steps")}}
+        if args.per_record:
+            row["per_record"] = {"index": res["per_record"]["index"], **res["per_record"]["mend"]}
         results.append(row)
-        print(f"rank {r:4d} scale {s:5.2f} steps {steps} whiten {w:g} margin {margin} layers {scales or '-'}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
+        print(f"rank {r:4d} scale {s:5.2f} steps {steps} whiten {w:g} margin {margin} min {min_steps} layers {scales or '-'}: rel {row['reliability_token']:.3f} gen {row['generalization_token']:.3f}"
               f" loc {row['locality_token']:.3f}/{row['locality_whole']:.3f} editor steps {row['editor_steps']:.2f}"
               f"  ({time.time() - t0:.0f} s)", flush=True)
         if args.json:  # written after every point: a long grid can be stopped at any time

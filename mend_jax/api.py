@@ -58,13 +58,17 @@ def compact(edits: dict[str, LowRankEdit]) -> dict[str, LowRankEdit]:
 
 class EditSession:
     def __init__(self, model, editor: Editor, editor_params, editor_stats, editor_id: str = "", edit_steps: int = 1,
-                 edit_until_margin: float | None = None, edit_max_rank: int | None = None):
+                 edit_until_margin: float | None = None, edit_max_rank: int | None = None, edit_min_steps: int = 1):
         if edit_steps < 1:
             raise InvalidEditError(f"edit_steps must be >= 1 (1: MEND as in the paper), not {edit_steps}")
+        if not 1 <= edit_min_steps <= edit_steps:
+            raise InvalidEditError(f"edit_min_steps must be between 1 and edit_steps ({edit_steps}), not "
+                                   f"{edit_min_steps}")
         self.model = model
         self.edit_steps = edit_steps  # editor applications per edit (editing.edit.iterated_mend_edits)
         self.edit_until_margin = edit_until_margin  # adaptive steps (iterated_mend_edits(until_margin=...))
         self.edit_max_rank = edit_max_rank  # each layer's edit cut to this rank (iterated_mend_edits(max_rank=...))
+        self.edit_min_steps = edit_min_steps  # steps taken whatever the margin (iterated_mend_edits(min_steps=...))
         self.editor = editor
         self.editor_params = editor_params
         self.editor_stats = editor_stats
@@ -76,7 +80,7 @@ class EditSession:
     @classmethod
     def from_pretrained(cls, editor_dir: str, model: str | None = None, which: str = "best",
                         edit_steps: int | None = None, edit_until_margin: float | None = None,
-                        edit_max_rank: int | None = None) -> "EditSession":
+                        edit_max_rank: int | None = None, edit_min_steps: int = 1) -> "EditSession":
         from mend_jax.checkpoints import checkpoints_dir, load_editor, read_meta, trained_edit_steps
         from mend_jax.weights import load_model
         step, meta = read_meta(checkpoints_dir(editor_dir), which)
@@ -85,7 +89,8 @@ class EditSession:
         if edit_steps is None:  # as the editor was trained (`mend-jax train --edit-steps`)
             edit_steps = trained_edit_steps(meta)
         return cls(base, editor, params, stats, editor_id=f"{Path(editor_dir).resolve()}@{which}:{step}",
-                   edit_steps=edit_steps, edit_until_margin=edit_until_margin, edit_max_rank=edit_max_rank)
+                   edit_steps=edit_steps, edit_until_margin=edit_until_margin, edit_max_rank=edit_max_rank,
+                   edit_min_steps=edit_min_steps)
 
     # ------------------------------------------------------------------------------------------ editing
     def edit(self, prompts: Sequence[str], targets: Sequence[str]) -> EditRecord:
@@ -99,7 +104,8 @@ class EditSession:
                                                           max_length=cfg.max_position_embeddings))
         edits = iterated_mend_edits(self.editor, cfg, self.params, self.editor_params, self.editor_stats, batch,
                                     steps=self.edit_steps, rows=edit_row_bucket(batch),
-                                    until_margin=self.edit_until_margin, max_rank=self.edit_max_rank)
+                                    until_margin=self.edit_until_margin, max_rank=self.edit_max_rank,
+                                    min_steps=self.edit_min_steps)
         edits = compact(edits)  # what the journal stores is exactly what is applied (so replay is bitwise equal)
         self.params = apply_edits(self.params, edits)
         first = min(layer_index(n) for n in self.editor.spec.layers)

@@ -112,6 +112,9 @@ def _transform_args(p) -> None:
                    help="adaptive editor steps: the steps after the first take only the edits whose target does "
                         "not yet lead every other token by M logits on the edit's own prompt, and stop once all "
                         "do (--edit-steps is then the most; editing/edit.py iterated_mend_edits; default: off)")
+    p.add_argument("--edit-min-steps", type=int, default=1, metavar="N",
+                   help="with --edit-until-margin: the first N editor steps take every edit whatever its margin, "
+                        "e.g. the steps the editor was trained with (`mend-jax train --edit-steps`); default 1")
 
 
 def _load(args, editor_dir):
@@ -167,7 +170,8 @@ def cmd_eval(args) -> int:
     t0 = time.time()
     res = evaluate(model, records, editor=editor, eparams=params, stats=stats, edits_at_once=args.edits_at_once,
                    finetune_cfg=ft, per_record=args.per_record, edit_steps=args.edit_steps,
-                   edit_until_margin=args.edit_until_margin, edit_max_rank=args.edit_max_rank)
+                   edit_until_margin=args.edit_until_margin, edit_max_rank=args.edit_max_rank,
+                   edit_min_steps=args.edit_min_steps)
     res.update({"data": args.data, "file": args.file, "records": args.records, "indices": args.indices,
                 "editor": str(args.editor), "editor_step": int(meta["step"]), "model": model.name,
                 "trained_project_out": int(meta["config"].get("project_out", 0)),  # part of the trained editor
@@ -175,7 +179,7 @@ def cmd_eval(args) -> int:
                 "projection_inputs": args.projection_inputs if (args.project_out or args.whiten) else 0,
                 "edit_scale": args.edit_scale, "layer_scales": layer_scales(args.layer_scale),
                 "edit_steps": args.edit_steps,
-                "edit_until_margin": args.edit_until_margin,
+                "edit_until_margin": args.edit_until_margin, "edit_min_steps": args.edit_min_steps,
                 "factor_positions": editor.factor_positions, "seconds": time.time() - t0})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2))
@@ -191,10 +195,10 @@ def cmd_eval(args) -> int:
 
 
 def show_edit(model, editor, params, stats, prompt, target, rephrase, unrelated, max_new_tokens, journal=None,
-              edit_steps=1, edit_until_margin=None, edit_max_rank=None):
+              edit_steps=1, edit_until_margin=None, edit_max_rank=None, edit_min_steps=1):
     from mend_jax.api import EditSession
     session = EditSession(model, editor, params, stats, edit_steps=edit_steps, edit_until_margin=edit_until_margin,
-                          edit_max_rank=edit_max_rank)
+                          edit_max_rank=edit_max_rank, edit_min_steps=edit_min_steps)
     probes = [("prompt", prompt)] + ([("rephrase", rephrase)] if rephrase else []) + [("unrelated", unrelated)]
     before = {k: session.generate(p, max_new_tokens) for k, p in probes}
     rec = session.edit([prompt], [target])
@@ -215,7 +219,7 @@ def cmd_edit(args) -> int:
     editor, params = _transformed_editor(args, model, editor, params, meta)
     show_edit(model, editor, params, stats, args.prompt, args.target, args.rephrase, args.unrelated,
               args.max_new_tokens, args.journal, edit_steps=args.edit_steps, edit_until_margin=args.edit_until_margin,
-              edit_max_rank=args.edit_max_rank)
+              edit_max_rank=args.edit_max_rank, edit_min_steps=args.edit_min_steps)
     return 0
 
 

@@ -95,13 +95,14 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
              edits_at_once: int = 1, finetune_cfg: FineTuneConfig | None = None, progress: bool = True,
              seed: int = 0, per_record: bool = False, edit_steps: int = 1,
              edit_until_margin: float | None = None, edit_max_rank: int | None = None,
-             layers: Sequence[str] | None = None) -> dict:
+             layers: Sequence[str] | None = None, edit_min_steps: int = 1) -> dict:
     """Evaluate on ``records`` (``EditRecord``); returns a JSON-able dict with per-method aggregate metrics, and
     with ``per_record`` also every record's values (``out["per_record"]``: the records' ``index`` and, per method,
     one list per metric in the same order) for looking at which edits fail. ``edit_steps``: the editor applied
     that many times per edit group (:func:`mend_jax.editing.edit.iterated_mend_edits`; 1 = MEND), at most, with
     ``edit_until_margin``: the further steps only for the edits that do not hold yet on their own prompt by that
-    many logits (``iterated_mend_edits(until_margin=...)``); ``edit_max_rank``: each layer's edit cut to its best
+    many logits (``iterated_mend_edits(until_margin=...)``) after the first ``edit_min_steps`` steps, which every
+    edit takes (``iterated_mend_edits(min_steps=...)``); ``edit_max_rank``: each layer's edit cut to its best
     approximation of that rank after every step (``iterated_mend_edits(max_rank=...)``); ``layers``: the matrices
     the fine-tuning baseline edits where no editor is given (default: the family's, MEND's last three blocks; with
     an editor its own layers, and any other ``layers`` is an error)."""
@@ -148,7 +149,8 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
         if editor is not None:
             rows = edit_row_bucket(edit_b)
             edits = iterated_mend_edits(editor, cfg, model.params, eparams, stats, edit_b, steps=edit_steps,
-                                        rows=rows, until_margin=edit_until_margin, max_rank=edit_max_rank)
+                                        rows=rows, until_margin=edit_until_margin, max_rank=edit_max_rank,
+                                        min_steps=edit_min_steps)
             variants["mend"] = (model.params, edits)
             # every step adds `rows` rows per layer: how many steps this group took (fewer with adaptive steps)
             add("mend", "editor_steps", [next(iter(edits.values())).a.shape[0] // rows] * len(group))
@@ -169,7 +171,7 @@ def evaluate(model, records: Sequence, *, editor: Editor | None = None, eparams=
             add(m, "loc_acc_token", post["loc"][1])
             add(m, "loc_acc_exact", post["loc"][2])
     out = {"n_records": len(groups) * k, "edits_at_once": k, "edited_layers": list(layers), "edit_steps": edit_steps,
-           "edit_until_margin": edit_until_margin, "edit_max_rank": edit_max_rank}
+           "edit_until_margin": edit_until_margin, "edit_min_steps": edit_min_steps, "edit_max_rank": edit_max_rank}
     for m in methods:
         res = {key: float(np.mean(v)) for key, v in acc[m].items()}
         base = {key: float(np.mean(v)) for key, v in acc["unedited"].items()}

@@ -372,6 +372,27 @@ def test_adaptive_steps_take_rows_only_from_the_edits_that_do_not_hold_yet():
         iterated_mend_edits(editor, cfg, params, ep, es, batch, steps=2, until_margin=float("nan"))
 
 
+def test_min_steps_are_taken_by_every_edit_whatever_its_margin():
+    """``iterated_mend_edits(min_steps=N)``: with a margin every edit holds by after step 1, the first N steps
+    are still the plain iteration's (every example's rows) and the rule stops the rest; with a margin no edit
+    reaches it changes nothing; N outside 1..steps is an error naming both numbers."""
+    from mend_jax.editing import iterated_mend_edits
+    from mend_jax.errors import MendJaxError
+    cfg, params, batch, layers, editor, ep, es, rows = identity_editing_setup()
+    dense = lambda edits: {n: np.asarray(edits[n].dense()) for n in layers}  # noqa: E731
+    run = lambda **kw: iterated_mend_edits(editor, cfg, params, ep, es, batch, rows=rows, **kw)  # noqa: E731
+    plain2, plain3 = dense(run(steps=2)), dense(run(steps=3))
+    held = run(steps=3, until_margin=-1e6, min_steps=2)  # every edit holds: step 3 is skipped, step 2 is not
+    assert next(iter(held.values())).a.shape[0] == 2 * rows
+    for n in layers:
+        np.testing.assert_allclose(dense(held)[n], plain2[n], rtol=1e-6, atol=1e-8)
+    for n, d in dense(run(steps=3, until_margin=1e6, min_steps=2)).items():
+        np.testing.assert_allclose(d, plain3[n], rtol=1e-5, atol=1e-7)
+    for bad in (0, 4):
+        with pytest.raises(MendJaxError, match=f"min_steps={bad}.*most steps \\(3\\)"):
+            run(steps=3, until_margin=1.0, min_steps=bad)
+
+
 def test_truncated_edits_are_the_best_low_rank_approximation_and_iterated_steps_see_them():
     """``truncated_edits(edits, k)``: each layer's update equals its rank-k SVD truncation (row count unchanged,
     rows past k zero); k at least the update's rank changes nothing; iterated steps with ``max_rank`` truncate

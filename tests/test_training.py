@@ -512,10 +512,12 @@ def test_two_editor_steps_in_training_are_the_iterated_edit_of_evaluation(tiny_l
 def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tmp_path):
     """``mend-jax train --edit-steps 2``: the run's config keeps it; ``mend-jax eval`` and
     ``EditSession.from_pretrained`` then apply the editor twice unless told otherwise (``--edit-steps 1``), and
-    the results file says how many steps were applied (and the adaptive steps' margin, ``--edit-until-margin``)."""
+    the results file says how many steps were applied (and the adaptive steps' margin, ``--edit-until-margin``,
+    and the steps taken whatever the margin, ``--edit-min-steps``)."""
     import dataclasses
 
     from mend_jax.api import EditSession
+    from mend_jax.errors import InvalidEditError
     from mend_jax.cli import main
     from mend_jax.training.loop import train
     out = tmp_path / "two"
@@ -536,9 +538,17 @@ def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tm
     assert (c["edit_steps"], c["edit_until_margin"], b["edit_until_margin"]) == (2, -1000.0, None)
     assert c["mend"] == b["mend"]
     assert (a["mend"]["editor_steps"], c["mend"]["editor_steps"]) == (2.0, 1.0)
+    # ... unless the first steps are taken whatever the margin (--edit-min-steps): then it is the plain 2 steps
+    assert main(args + ["--edit-until-margin", "-1000", "--edit-min-steps", "2",
+                        "--json", str(tmp_path / "d.json")]) == 0
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert (d["edit_min_steps"], c["edit_min_steps"], d["mend"]["editor_steps"]) == (2, 1, 2.0)
+    assert d["mend"] == a["mend"]
     assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest").edit_steps == 2
     assert EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest",
                                        edit_steps=1).edit_steps == 1
+    with pytest.raises(InvalidEditError, match="edit_min_steps must be between 1 and edit_steps \\(2\\), not 3"):
+        EditSession.from_pretrained(str(out), model=str(tiny_lm.folder), which="latest", edit_min_steps=3)
 
 
 def test_warm_start_takes_the_chosen_checkpoint_of_the_source_run(tiny_lm, tmp_path):

@@ -136,7 +136,8 @@ def truncated_edits(edits: Mapping[str, LowRankEdit], rank: int) -> dict[str, Lo
 
 def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapping, stats: Mapping,
                         batch: TokenBatch, steps: int = 1, rows: int | None = None,
-                        until_margin: float | None = None, max_rank: int | None = None) -> dict[str, LowRankEdit]:
+                        until_margin: float | None = None, max_rank: int | None = None,
+                        min_steps: int = 1) -> dict[str, LowRankEdit]:
     """``steps`` editor steps on one edit batch: step 1 is MEND's edit (:func:`mend_edits`); each further step
     takes the factors of the same batch at the weights edited so far and adds the editor's update of them (the
     rows of all steps merged into one low-rank edit, each step's size folded in). ``steps=1`` is exactly
@@ -149,6 +150,9 @@ def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapp
     example that a later step of other edits undid takes part again); the steps stop early once every edit
     holds. The editor normalises its inputs, so a further step is about as large as the first however small the
     gradient left: without this rule an edit that already holds is pushed on, which costs unrelated inputs.
+    ``min_steps``: the first ``min_steps`` steps take every example's rows whatever its margin (the rule applies
+    from step ``min_steps + 1`` on), e.g. the number of steps the editor was trained with (``mend-jax train
+    --edit-steps``), which the rule would otherwise cut short for the edits that hold after one step.
 
     ``max_rank`` (beyond the paper): after every step the edit so far is cut to its best rank-``max_rank``
     approximation per layer (:func:`truncated_edits`), so the next step and the margins see the truncated edit."""
@@ -156,14 +160,18 @@ def iterated_mend_edits(editor: Editor, cfg, base_params: Mapping, eparams: Mapp
         raise MendJaxError(f"edit steps must be >= 1, not {steps}")
     if until_margin is not None and not math.isfinite(until_margin):
         raise MendJaxError(f"the adaptive steps' margin must be a finite number of logits, not {until_margin}")
+    if not 1 <= min_steps <= steps:
+        raise MendJaxError(f"the editor steps taken whatever the margin (min_steps={min_steps}) must be between 1 "
+                           f"and the most steps ({steps})")
     if max_rank is not None:
         _check_rank(max_rank)  # before any work, not at the first truncation
     margin = jnp.inf if until_margin is None else until_margin  # no margin: no edit ever holds, every step runs
     cut = (lambda e: e) if max_rank is None else (lambda e: truncated_edits(e, max_rank))
     edits = cut(mend_edits(editor, cfg, base_params, eparams, stats, batch, rows=rows))
-    for _ in range(steps - 1):
+    for step in range(2, steps + 1):
         edited = with_kernels(base_params, _edited_kernels_jit(base_params, edits))
-        more, unheld = unheld_mend_edits(editor, cfg, edited, eparams, stats, batch, margin, rows=rows)
+        more, unheld = unheld_mend_edits(editor, cfg, edited, eparams, stats, batch,
+                                         jnp.inf if step <= min_steps else margin, rows=rows)
         if not bool(jnp.any(unheld)):
             break
         edits = cut(merge_edits(edits, more))
