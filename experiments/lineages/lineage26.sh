@@ -9,6 +9,7 @@
 # resumes from its last checkpoint with its allotment (run 17: 80; run 26: TOTAL less run 17's) less the minutes it
 # has used (the larger of its summary's and its last checkpoint's minutes_total); a part with under half a minute
 # left is done. (Session 27: TOTAL_MINUTES=150 trained and evaluated; TOTAL_MINUTES=180 adds run 26's last 30.)
+# EVAL=0 trains only (e.g. to probe test-time settings on dev records before the evaluation).
 # The same recipe on other folders, with flags added to both parts (lineage27.sh: blocks 21-23):
 #   P1=runs/run27a P2=runs/run27 TAG=run27 LINEAGE_ARGS="--edit-first-block 21" TOTAL_MINUTES=180 bash ...
 set -euo pipefail
@@ -44,4 +45,4 @@ L26=$(left "$(left "$TOTAL" "$R17")" "$(used "$P2")")
 echo "lineage ($P1 -> $P2): part 1 used $R17 CPU-minutes; part 2 gets $(left "$TOTAL" "$R17") in all, $L26 of them now"
 # shellcheck disable=SC2086
 ! more "$L26" || OUT=$P2 FROM=$P1 MAX_MINUTES=$L26 bash experiments/lineages/run26.sh $ARGS
-bash experiments/lineages/eval_lineage.sh "$P2" "$TAG"
+[ "${EVAL:-1}" = 0 ] || bash experiments/lineages/eval_lineage.sh "$P2" "$TAG"  # EVAL=0: train only
