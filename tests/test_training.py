@@ -517,8 +517,8 @@ def test_an_editor_trained_for_two_steps_is_applied_twice_by_default(tiny_lm, tm
     import dataclasses
 
     from mend_jax.api import EditSession
-    from mend_jax.errors import InvalidEditError
     from mend_jax.cli import main
+    from mend_jax.errors import InvalidEditError
     from mend_jax.training.loop import train
     out = tmp_path / "two"
     cfg = dataclasses.replace(_tiny_cfg(out, 2), model=str(tiny_lm.folder), edit_steps=2)
